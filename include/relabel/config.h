@@ -1,0 +1,103 @@
+/*
+ * config.h - the ini file (read with inih) as an immutable structure.
+ *
+ * rl_config_load() parses, applies presets and defaults, resolves the
+ * references between sections and validates every value it can check
+ * without TLS or sockets.  Problems are printed as "FILE:LINE: message", all
+ * of them, not only the first.  After load nothing is mutated: a reload
+ * builds a new config and swaps it.  Certificates and keys are checked by
+ * the TLS layer (snapshot.c), with the FILE:LINE kept here.
+ */
+#ifndef RELABEL_CONFIG_H
+#define RELABEL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+enum rl_tls_mode { RL_TLS_IMPLICIT, RL_TLS_STARTTLS };
+enum rl_log_format { RL_LOG_TEXT, RL_LOG_JSON };
+
+struct rl_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char text[64]; /* "127.0.0.1:465", "[::1]:465" */
+};
+
+struct rl_upstream_conf {
+    char *name; /* section name, or the preset's name */
+    int line;   /* line of the section header (0 for a preset used by name) */
+    char *host;
+    uint16_t port;
+    enum rl_tls_mode tls;
+    char *verify_name; /* never NULL after load: defaults to host */
+    char *ca_file;     /* NULL: system bundle */
+    int ca_line;
+    char *helo_name;           /* NULL: the brand's hostname */
+    uint64_t max_message_size; /* 0: the upstream's own SIZE */
+    char **hide;               /* provider names never shown to clients */
+    size_t nhide;
+};
+
+struct rl_brand_conf {
+    char *name;
+    int line;
+    char *hostname;
+    char *cert;
+    int cert_line;
+    char *key;
+    int key_line;
+    struct rl_upstream_conf *upstream; /* points into rl_config.upstreams */
+};
+
+struct rl_listener_conf {
+    char *name;
+    int line;
+    struct rl_addr *addrs;
+    size_t naddrs;
+    enum rl_tls_mode tls;
+    bool require_tls; /* STARTTLS listeners: nothing but EHLO/HELO/NOOP/RSET/QUIT before TLS */
+    struct rl_brand_conf *brand; /* points into rl_config.brands */
+};
+
+struct rl_config {
+    char *path;
+    int refs;
+
+    /* [relabel] */
+    char *user;  /* NULL: keep the current user */
+    char *group; /* NULL: the user's primary group */
+    enum rl_log_format log_format;
+    int log_level; /* RL_LOG_ERROR .. RL_LOG_DEBUG (log.h) */
+    char *banner;  /* greeting text after "220 <hostname> ", default "ESMTP ready" */
+    unsigned handshake_timeout_ms;
+    unsigned command_timeout_ms;
+    unsigned data_timeout_ms;
+    unsigned upstream_connect_timeout_ms;
+    unsigned upstream_timeout_ms;
+    size_t max_line;
+    unsigned max_errors;
+    bool bare_newline_reject; /* bare_newline = normalize (default) | reject */
+
+    struct rl_listener_conf *listeners;
+    size_t nlisteners;
+    struct rl_brand_conf *brands;
+    size_t nbrands;
+    struct rl_upstream_conf *upstreams; /* sections and presets in use */
+    size_t nupstreams;
+};
+
+/*
+ * Loads path.  On success returns 0 and *out (refs = 1).  On failure prints
+ * every problem to err as "PATH:LINE: message" (LINE 0 when no line applies,
+ * printed as "PATH: message") and returns the (positive) number of problems;
+ * *out is left NULL.
+ */
+int rl_config_load(const char *path, FILE *err, struct rl_config **out);
+
+struct rl_config *rl_config_ref(struct rl_config *cfg);
+void rl_config_unref(struct rl_config *cfg);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * limits.h - compile-time limits and defaults, each with the rule it follows.
+ * Runtime-configurable values take these as defaults; config.c enforces the
+ * ranges given here.
+ */
+#ifndef RELABEL_LIMITS_H
+#define RELABEL_LIMITS_H
+
+/* RFC 5321 §4.5.3.1.4: a command line is at least 512 octets including CRLF;
+ * AUTH lines with long tokens need more, so the default is generous. */
+#define RL_SMTP_LINE_MIN 512
+#define RL_SMTP_LINE_DEFAULT 4096
+#define RL_SMTP_LINE_MAX 65536
+
+/* A whole (multi-line) reply from the upstream, e.g. a long EHLO list. */
+#define RL_SMTP_REPLY_MAX 16384
+
+/* Commands relayed but not yet answered (RFC 2920 pipelining). */
+#define RL_PIPELINE_MAX 128
+
+/* Errors (5xx answered locally or relayed) before the session is closed. */
+#define RL_MAX_ERRORS_DEFAULT 10
+
+/* Timeouts, milliseconds.  RFC 5321 §4.5.3.2 gives the server 5 minutes for
+ * a command and 3 minutes per data block; 10 minutes for the reply to the
+ * end of data. */
+#define RL_TIMEOUT_HANDSHAKE_DEFAULT 15000
+#define RL_TIMEOUT_COMMAND_DEFAULT 300000
+#define RL_TIMEOUT_DATA_DEFAULT 180000
+#define RL_TIMEOUT_UP_CONNECT_DEFAULT 15000
+#define RL_TIMEOUT_UP_REPLY_DEFAULT 600000
+
+/* Buffers.  `in` holds plaintext waiting for the session; `out` is capped
+ * softly by the high-water mark: above it the session stops reading the
+ * other leg until the write queue falls below the low-water mark. */
+#define RL_CONN_IN_MAX (64 * 1024)
+#define RL_CONN_OUT_HIWAT (256 * 1024)
+#define RL_CONN_OUT_LOWAT (64 * 1024)
+#define RL_CONN_OUT_MAX (4 * 1024 * 1024)
+
+/* mbedTLS 2.28: one record is at most 16 KiB of plaintext plus expansion. */
+#define RL_TLS_RECORD_MAX (16384 + 2048)
+
+/* Mailgun documents 25 MB per message even though it advertises 50 MB. */
+#define RL_MAILGUN_MAX_MESSAGE (25u * 1024u * 1024u)
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * tls.h - every mbedTLS call lives behind this header.
+ *
+ * Two parts:
+ *  - configurations (struct rl_tls_conf): a server one per brand certificate,
+ *    a client one per upstream; built once at start-up, shared read-only by
+ *    all sessions;
+ *  - a sans-I/O TLS engine (struct rl_tls): ciphertext in through cin,
+ *    ciphertext out through cout, plaintext through rl_tls_read() and
+ *    rl_tls_write().  No sockets, no libuv, no logging.
+ *
+ * Policy, set explicitly on every configuration (the mbedTLS 2.28 defaults
+ * are unsafe for this job): TLS 1.2 only (the newest 2.28 speaks), ECDHE key
+ * exchange with AES-GCM or ChaCha20-Poly1305 only (ChaCha20 first in the
+ * server's preference: it is the faster one here), curves x25519, P-256,
+ * P-384, renegotiation disabled, the full chain from the PEM file sent,
+ * client side: certificate and host name verification required.
+ */
+#ifndef RELABEL_TLS_H
+#define RELABEL_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "relabel/buf.h"
+
+struct rl_tls_conf;
+struct rl_tls;
+
+/* Results of rl_tls_handshake(): 0 done, RL_TLS_WANT more input needed,
+ * negative: RL_E_TLS (see rl_tls_error()) or RL_E_TLS_TRUNCATED. */
+#define RL_TLS_WANT 1
+
+/*
+ * Server configuration from a PEM certificate file (leaf first, then the
+ * chain) and a PEM private key (RSA or EC).  Fails if either cannot be read
+ * or parsed, or if the key does not match the certificate.  On failure
+ * returns NULL and writes a one-line reason (no key material) into err.
+ */
+struct rl_tls_conf *rl_tls_conf_server(const char *cert_path, const char *key_path, char *err,
+                                       size_t errlen);
+
+/* Client configuration verifying peers against ca_path (a PEM bundle or a
+ * directory of PEM files; NULL = the system bundle
+ * /etc/ssl/certs/ca-certificates.crt). */
+struct rl_tls_conf *rl_tls_conf_client(const char *ca_path, char *err, size_t errlen);
+
+void rl_tls_conf_free(struct rl_tls_conf *conf);
+
+/* For `relabel --check`: one line describing the server certificate:
+ * subject CN, DNS names, expiry date and days left.  Returns the days left
+ * (negative if expired) and fills out. */
+long rl_tls_conf_describe(const struct rl_tls_conf *conf, char *out, size_t cap);
+
+/*
+ * A new engine.  Server engines take `hostname` = NULL.  Client engines must
+ * be given the name to send as SNI and to check the peer certificate
+ * against (mbedtls_ssl_set_hostname); NULL is refused for a client.
+ * Returns NULL on allocation failure.
+ */
+struct rl_tls *rl_tls_new(const struct rl_tls_conf *conf, const char *hostname);
+void rl_tls_free(struct rl_tls *t);
+
+/* Ciphertext input, h2o style: reserve space in cin, let the socket read
+ * into it, commit what arrived.  Reserve returns NULL when cin is full. */
+char *rl_tls_in_reserve(struct rl_tls *t, size_t *len);
+void rl_tls_in_commit(struct rl_tls *t, size_t n);
+/* The peer's TCP stream ended: once cin is drained, reads report EOF. */
+void rl_tls_in_eof(struct rl_tls *t);
+
+/* Steps the handshake as far as cin allows.  Output goes to cout. */
+int rl_tls_handshake(struct rl_tls *t);
+bool rl_tls_handshake_done(const struct rl_tls *t);
+
+/*
+ * Decrypts into p[0..cap) until no complete record is left in cin or p is
+ * full (then data stays buffered: call again after making room; see
+ * rl_tls_pending()).  Returns 0 with *got bytes (maybe 0), RL_E_TLS_EOF
+ * after the peer's close_notify, RL_E_TLS_TRUNCATED when TCP ended without
+ * one, RL_E_TLS on any other failure.  Bytes decrypted before an EOF are
+ * returned first, with 0; the EOF comes on the next call.
+ */
+int rl_tls_read(struct rl_tls *t, char *p, size_t cap, size_t *got);
+
+/* True if decrypted bytes or unprocessed ciphertext are still buffered. */
+bool rl_tls_pending(const struct rl_tls *t);
+
+/* Encrypts all n bytes into cout (never "would block": cout grows; the
+ * caller bounds it by not writing while it is above its high-water mark).
+ * Returns 0 or RL_E_TLS / RL_E_NOMEM. */
+int rl_tls_write(struct rl_tls *t, const void *p, size_t n);
+
+/* Queues a close_notify alert in cout (after a finished handshake). */
+int rl_tls_close_notify(struct rl_tls *t);
+
+/* The ciphertext output buffer: the caller takes bytes from it (or swaps it
+ * with another rl_buf of the same cap) and writes them to the socket. */
+struct rl_buf *rl_tls_out(struct rl_tls *t);
+
+/* After a handshake: "TLSv1.2", the suite name, the SNI the client sent
+ * (server side, NULL if none). */
+const char *rl_tls_version(const struct rl_tls *t);
+const char *rl_tls_cipher(const struct rl_tls *t);
+const char *rl_tls_sni(const struct rl_tls *t);
+
+/* The last mbedTLS error code, and a one-line text for it (for client
+ * engines with a failed verification the text names the reason: expired,
+ * name mismatch, unknown CA, ...). */
+int rl_tls_error(const struct rl_tls *t);
+const char *rl_tls_strerror(const struct rl_tls *t, char *buf, size_t len);
+
+#endif
