@@ -1,2 +1,1748 @@
-/* placeholder, being written */
-#include "relabel/errors.h"
+/*
+ * config.c - the ini file as an immutable, ref-counted struct rl_config.
+ *
+ * Loading has three steps.  (1) Parse: inih splits "key = value" lines and
+ * strips inline comments; every value goes through a parse function chosen
+ * from one directive table and lands in a "raw" per-section struct whose
+ * fields start out unset (nginx's create_conf).  (2) Merge: explicit value,
+ * else the upstream preset's value, else the built-in default (nginx's
+ * merge_conf).  (3) Resolve and check what needs more than one key: brand and
+ * upstream references, default listeners, overlapping listen addresses.
+ *
+ * Every problem is collected with its line and printed at the end, sorted by
+ * line, as "PATH:LINE: message"; nothing is half-built on failure.  Files
+ * named by cert, key and ca_file are only opened to prove they are readable;
+ * their content is the TLS layer's business.  No sockets, no DNS, no TLS.
+ * Relative paths are kept as written and so resolve against the working
+ * directory, both here and when the TLS layer opens them later: whoever
+ * loads the config must not chdir() in between (or before a reload).
+ *
+ * Line numbers.  Debian's inih is built without INI_HANDLER_LINENO, so the
+ * handler is not told the line.  We feed inih through our own reader
+ * (ini_parse_stream): inih asks the reader for exactly one physical line per
+ * line it counts and calls the handler for that line before asking for the
+ * next, so the reader's counter is the line of the key being handled.  The
+ * reader also:
+ *   - parses section headers itself, because inih never calls the handler
+ *     for a header (INI_CALL_HANDLER_ON_NEW_SECTION is 0), yet an empty
+ *     [brand "x"] must still be seen and its line is needed for "missing key"
+ *     messages; inih only gets a short "[s]" in their place;
+ *   - strips leading whitespace, which turns off inih's continuation lines
+ *     (an indented line would otherwise be glued to the previous value);
+ *   - reads lines of any length with getline() and reports those that do not
+ *     fit inih's buffer (INI_MAX_LINE, 200 in Debian's build) instead of
+ *     letting inih split them silently;
+ *   - notices a "key = value" line the handler was never called for, which
+ *     is how inih's syntax errors (no '=' or ':') are found, all of them
+ *     rather than only the first that inih's return value names.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <netinet/in.h>
+
+#include <ini.h>
+#include <uv.h>
+
+#include "relabel/config.h"
+#include "relabel/limits.h"
+#include "relabel/log.h"
+
+#define CONFIG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Every scalar in a raw section is an int64_t; real values are never
+ * negative, so -1 can mean "not given in the file". */
+#define CONFIG_UNSET ((int64_t)-1)
+
+#define CONFIG_SEC_MS 1000
+#define CONFIG_NAME_MAX 64
+#define CONFIG_BANNER_MAX 200
+#define CONFIG_SIZE_MAX ((int64_t)4 << 30)
+
+enum config_stype {
+    CONFIG_S_RELABEL,
+    CONFIG_S_LISTENER,
+    CONFIG_S_BRAND,
+    CONFIG_S_UPSTREAM,
+};
+
+static const struct {
+    const char *name;
+    bool named;
+} config_stypes[] = {
+    [CONFIG_S_RELABEL] = {"relabel", false},
+    [CONFIG_S_LISTENER] = {"listener", true},
+    [CONFIG_S_BRAND] = {"brand", true},
+    [CONFIG_S_UPSTREAM] = {"upstream", true},
+};
+
+struct config_list {
+    char **items;
+    size_t n;
+    bool set; /* an explicit empty list ("hide =") is still "set" */
+};
+
+/* Raw sections: what the file said, unset fields left at NULL/CONFIG_UNSET. */
+struct config_raw_relabel {
+    char *user;
+    char *group;
+    char *banner;
+    int64_t log_level;
+    int64_t log_format;
+    int64_t handshake_timeout;
+    int64_t command_timeout;
+    int64_t data_timeout;
+    int64_t upstream_connect_timeout;
+    int64_t upstream_timeout;
+    int64_t max_line;
+    int64_t max_errors;
+    int64_t bare_newline;
+};
+
+struct config_addrs {
+    struct rl_addr *items;
+    size_t n;
+};
+
+struct config_raw_listener {
+    struct config_addrs listen;
+    int64_t tls;
+    int64_t require_tls;
+    char *brand;
+};
+
+struct config_raw_brand {
+    char *hostname;
+    char *cert;
+    char *key;
+    char *upstream;
+};
+
+struct config_raw_upstream {
+    int64_t preset;
+    char *host;
+    int64_t port;
+    int64_t tls;
+    char *verify_name;
+    char *ca_file;
+    char *helo_name;
+    int64_t max_message_size;
+    struct config_list hide;
+};
+
+union config_raw {
+    struct config_raw_relabel relabel;
+    struct config_raw_listener listener;
+    struct config_raw_brand brand;
+    struct config_raw_upstream upstream;
+};
+
+/* Names accepted by an enumerated key, with the value stored for each. */
+struct config_name {
+    const char *name;
+    int value;
+};
+
+static const struct config_name config_names_log_format[] = {
+    {"text", RL_LOG_TEXT}, {"json", RL_LOG_JSON}, {NULL, 0}};
+static const struct config_name config_names_tls[] = {
+    {"implicit", RL_TLS_IMPLICIT}, {"starttls", RL_TLS_STARTTLS}, {NULL, 0}};
+static const struct config_name config_names_bare_newline[] = {
+    {"normalize", 0}, {"normalise", 0}, {"reject", 1}, {NULL, 0}};
+static const struct config_name config_names_preset[] = {
+    {"mailgun-us", 0}, {"mailgun-eu", 1}, {NULL, 0}};
+
+/* Presets, indexed by the values in config_names_preset.  The port is not
+ * part of a preset: it follows the tls mode (465 implicit, 587 starttls),
+ * both of which Mailgun serves. */
+static const char *const config_mailgun_hide[] = {"mailgun.org", "postgun.com", "mailgun"};
+
+static const struct config_preset {
+    const char *name;
+    const char *host;
+    uint64_t max_message_size;
+    const char *const *hide;
+    size_t nhide;
+} config_presets[] = {
+    {"mailgun-us", "smtp.mailgun.org", RL_MAILGUN_MAX_MESSAGE, config_mailgun_hide,
+     CONFIG_ARRAY_SIZE(config_mailgun_hide)},
+    {"mailgun-eu", "smtp.eu.mailgun.org", RL_MAILGUN_MAX_MESSAGE, config_mailgun_hide,
+     CONFIG_ARRAY_SIZE(config_mailgun_hide)},
+};
+
+#define CONFIG_NPRESETS CONFIG_ARRAY_SIZE(config_presets)
+#define CONFIG_DEFAULT_PRESET "mailgun-us"
+
+struct config_error {
+    int line;
+    unsigned seq; /* keeps errors on one line in the order found */
+    char *msg;
+};
+
+struct config_section;
+struct config_directive;
+
+struct config_ctx {
+    const char *path;
+    FILE *fp;
+    char *buf; /* getline() buffer */
+    size_t bufcap;
+    int lineno;      /* the line inih is processing; see the file comment */
+    int pending_key; /* a key line the handler has not been called for yet */
+    bool eof;
+    int read_errno;
+
+    struct config_section **sections;
+    size_t nsections;
+    struct config_section *cur; /* section keys go to; NULL before any */
+    bool cur_ignored;           /* the header was bad: skip its keys quietly */
+
+    struct config_error *errors;
+    size_t nerrors;
+    bool oom;
+};
+
+typedef bool (*config_parse_fn)(struct config_ctx *ctx, const struct config_directive *d,
+                                const char *value, void *field);
+
+struct config_directive {
+    enum config_stype section;
+    const char *key;
+    config_parse_fn parse;
+    size_t offset; /* into the section's member of union config_raw */
+    int64_t min, max;
+    const struct config_name *names;
+    bool empty_ok;
+};
+
+static bool config_parse_string(struct config_ctx *, const struct config_directive *, const char *,
+                                void *);
+static bool config_parse_banner(struct config_ctx *, const struct config_directive *, const char *,
+                                void *);
+static bool config_parse_ref(struct config_ctx *, const struct config_directive *, const char *,
+                             void *);
+static bool config_parse_hostname(struct config_ctx *, const struct config_directive *,
+                                  const char *, void *);
+static bool config_parse_host(struct config_ctx *, const struct config_directive *, const char *,
+                              void *);
+static bool config_parse_file(struct config_ctx *, const struct config_directive *, const char *,
+                              void *);
+static bool config_parse_enum(struct config_ctx *, const struct config_directive *, const char *,
+                              void *);
+static bool config_parse_bool(struct config_ctx *, const struct config_directive *, const char *,
+                              void *);
+static bool config_parse_log_level(struct config_ctx *, const struct config_directive *,
+                                   const char *, void *);
+static bool config_parse_number(struct config_ctx *, const struct config_directive *, const char *,
+                                void *);
+static bool config_parse_duration(struct config_ctx *, const struct config_directive *,
+                                  const char *, void *);
+static bool config_parse_size(struct config_ctx *, const struct config_directive *, const char *,
+                              void *);
+static bool config_parse_list(struct config_ctx *, const struct config_directive *, const char *,
+                              void *);
+static bool config_parse_listen(struct config_ctx *, const struct config_directive *, const char *,
+                                void *);
+
+/* Indices into config_directives, for the checks that need to know whether
+ * (and on which line) a particular key was given. */
+enum config_dindex {
+    CONFIG_D_USER,
+    CONFIG_D_GROUP,
+    CONFIG_D_LOG_LEVEL,
+    CONFIG_D_LOG_FORMAT,
+    CONFIG_D_BANNER,
+    CONFIG_D_HANDSHAKE_TIMEOUT,
+    CONFIG_D_COMMAND_TIMEOUT,
+    CONFIG_D_DATA_TIMEOUT,
+    CONFIG_D_UPSTREAM_CONNECT_TIMEOUT,
+    CONFIG_D_UPSTREAM_TIMEOUT,
+    CONFIG_D_MAX_LINE,
+    CONFIG_D_MAX_ERRORS,
+    CONFIG_D_BARE_NEWLINE,
+    CONFIG_D_LISTEN,
+    CONFIG_D_LISTENER_TLS,
+    CONFIG_D_LISTENER_BRAND,
+    CONFIG_D_REQUIRE_TLS,
+    CONFIG_D_HOSTNAME,
+    CONFIG_D_CERT,
+    CONFIG_D_KEY,
+    CONFIG_D_BRAND_UPSTREAM,
+    CONFIG_D_PRESET,
+    CONFIG_D_HOST,
+    CONFIG_D_PORT,
+    CONFIG_D_UPSTREAM_TLS,
+    CONFIG_D_VERIFY_NAME,
+    CONFIG_D_CA_FILE,
+    CONFIG_D_HELO_NAME,
+    CONFIG_D_MAX_MESSAGE_SIZE,
+    CONFIG_D_HIDE,
+    CONFIG_D_COUNT
+};
+
+/* Designated initializers throughout, so that an entry names only what it
+ * uses and clang's -Wmissing-field-initializers stays quiet. */
+#define CONFIG_DIRECTIVE(sec, type, k, fn)                                                         \
+    .section = (sec), .key = #k, .parse = (fn), .offset = offsetof(struct type, k)
+#define CONFIG_R(k, fn) CONFIG_DIRECTIVE(CONFIG_S_RELABEL, config_raw_relabel, k, fn)
+#define CONFIG_L(k, fn) CONFIG_DIRECTIVE(CONFIG_S_LISTENER, config_raw_listener, k, fn)
+#define CONFIG_B(k, fn) CONFIG_DIRECTIVE(CONFIG_S_BRAND, config_raw_brand, k, fn)
+#define CONFIG_U(k, fn) CONFIG_DIRECTIVE(CONFIG_S_UPSTREAM, config_raw_upstream, k, fn)
+#define CONFIG_TIMEOUT(k)                                                                          \
+    {                                                                                              \
+        CONFIG_R(k, config_parse_duration), .min = CONFIG_SEC_MS, .max = 3600 * CONFIG_SEC_MS      \
+    }
+
+static const struct config_directive config_directives[CONFIG_D_COUNT] = {
+    [CONFIG_D_USER] = {CONFIG_R(user, config_parse_string)},
+    [CONFIG_D_GROUP] = {CONFIG_R(group, config_parse_string)},
+    [CONFIG_D_LOG_LEVEL] = {CONFIG_R(log_level, config_parse_log_level)},
+    [CONFIG_D_LOG_FORMAT] = {CONFIG_R(log_format, config_parse_enum),
+                             .names = config_names_log_format},
+    [CONFIG_D_BANNER] = {CONFIG_R(banner, config_parse_banner)},
+    [CONFIG_D_HANDSHAKE_TIMEOUT] = CONFIG_TIMEOUT(handshake_timeout),
+    [CONFIG_D_COMMAND_TIMEOUT] = CONFIG_TIMEOUT(command_timeout),
+    [CONFIG_D_DATA_TIMEOUT] = CONFIG_TIMEOUT(data_timeout),
+    [CONFIG_D_UPSTREAM_CONNECT_TIMEOUT] = CONFIG_TIMEOUT(upstream_connect_timeout),
+    [CONFIG_D_UPSTREAM_TIMEOUT] = CONFIG_TIMEOUT(upstream_timeout),
+    [CONFIG_D_MAX_LINE] = {CONFIG_R(max_line, config_parse_number), .min = RL_SMTP_LINE_MIN,
+                           .max = RL_SMTP_LINE_MAX},
+    [CONFIG_D_MAX_ERRORS] = {CONFIG_R(max_errors, config_parse_number), .min = 1, .max = 1000},
+    [CONFIG_D_BARE_NEWLINE] = {CONFIG_R(bare_newline, config_parse_enum),
+                               .names = config_names_bare_newline},
+
+    [CONFIG_D_LISTEN] = {CONFIG_L(listen, config_parse_listen)},
+    [CONFIG_D_LISTENER_TLS] = {CONFIG_L(tls, config_parse_enum), .names = config_names_tls},
+    [CONFIG_D_LISTENER_BRAND] = {CONFIG_L(brand, config_parse_ref)},
+    [CONFIG_D_REQUIRE_TLS] = {CONFIG_L(require_tls, config_parse_bool)},
+
+    [CONFIG_D_HOSTNAME] = {CONFIG_B(hostname, config_parse_hostname)},
+    [CONFIG_D_CERT] = {CONFIG_B(cert, config_parse_file)},
+    [CONFIG_D_KEY] = {CONFIG_B(key, config_parse_file)},
+    [CONFIG_D_BRAND_UPSTREAM] = {CONFIG_B(upstream, config_parse_ref)},
+
+    [CONFIG_D_PRESET] = {CONFIG_U(preset, config_parse_enum), .names = config_names_preset},
+    [CONFIG_D_HOST] = {CONFIG_U(host, config_parse_host)},
+    [CONFIG_D_PORT] = {CONFIG_U(port, config_parse_number), .min = 1, .max = 65535},
+    [CONFIG_D_UPSTREAM_TLS] = {CONFIG_U(tls, config_parse_enum), .names = config_names_tls},
+    [CONFIG_D_VERIFY_NAME] = {CONFIG_U(verify_name, config_parse_hostname)},
+    [CONFIG_D_CA_FILE] = {CONFIG_U(ca_file, config_parse_file)},
+    [CONFIG_D_HELO_NAME] = {CONFIG_U(helo_name, config_parse_hostname)},
+    [CONFIG_D_MAX_MESSAGE_SIZE] = {CONFIG_U(max_message_size, config_parse_size), .min = 0,
+                                   .max = CONFIG_SIZE_MAX},
+    [CONFIG_D_HIDE] = {CONFIG_U(hide, config_parse_list), .empty_ok = true},
+};
+
+struct config_section {
+    enum config_stype type;
+    char *name; /* NULL for [relabel] */
+    int line;
+    bool duplicate;                /* checked, but not built */
+    int key_lines[CONFIG_D_COUNT]; /* 0: key not given */
+    union config_raw raw;
+};
+
+/* ---- errors -------------------------------------------------------------- */
+
+static void config_error(struct config_ctx *ctx, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+config_error(struct config_ctx *ctx, int line, const char *fmt, ...)
+{
+    struct config_error *errs;
+    va_list ap;
+    char *msg;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    /* On allocation failure the message is lost but still counted: the load
+     * fails either way, and "out of memory" is added at the end. */
+    errs = realloc(ctx->errors, (ctx->nerrors + 1) * sizeof(*errs));
+    if (errs == NULL) {
+        ctx->oom = true;
+        return;
+    }
+    ctx->errors = errs;
+    msg = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (msg != NULL) {
+        va_start(ap, fmt);
+        vsnprintf(msg, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    } else {
+        ctx->oom = true;
+    }
+    errs[ctx->nerrors].line = line;
+    errs[ctx->nerrors].seq = (unsigned)ctx->nerrors;
+    errs[ctx->nerrors].msg = msg;
+    ctx->nerrors++;
+}
+
+/* Line 0 ("no line applies") sorts after every real line. */
+static int
+config_compare_errors(const void *a, const void *b)
+{
+    const struct config_error *ea = a, *eb = b;
+    unsigned la = ea->line > 0 ? (unsigned)ea->line : UINT_MAX;
+    unsigned lb = eb->line > 0 ? (unsigned)eb->line : UINT_MAX;
+
+    if (la != lb)
+        return la < lb ? -1 : 1;
+    return ea->seq < eb->seq ? -1 : ea->seq > eb->seq;
+}
+
+static void
+config_print_errors(struct config_ctx *ctx, FILE *err)
+{
+    if (ctx->nerrors > 0)
+        qsort(ctx->errors, ctx->nerrors, sizeof(*ctx->errors), config_compare_errors);
+    for (size_t i = 0; i < ctx->nerrors; i++) {
+        const struct config_error *e = &ctx->errors[i];
+
+        if (err == NULL || e->msg == NULL)
+            continue;
+        if (e->line > 0)
+            fprintf(err, "%s:%d: %s\n", ctx->path, e->line, e->msg);
+        else
+            fprintf(err, "%s: %s\n", ctx->path, e->msg);
+    }
+    if (ctx->oom && err != NULL)
+        fprintf(err, "%s: out of memory\n", ctx->path);
+}
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static char *
+config_strdup(struct config_ctx *ctx, const char *s)
+{
+    char *copy;
+
+    if (s == NULL)
+        return NULL;
+    copy = strdup(s);
+    if (copy == NULL)
+        ctx->oom = true;
+    return copy;
+}
+
+static void *
+config_calloc(struct config_ctx *ctx, size_t n, size_t size)
+{
+    /* calloc(0, ...) may return NULL legitimately; ask for one element. */
+    void *p = calloc(n > 0 ? n : 1, size);
+
+    if (p == NULL)
+        ctx->oom = true;
+    return p;
+}
+
+static char *
+config_trim(char *s)
+{
+    char *end;
+
+    while (*s == ' ' || *s == '\t')
+        s++;
+    end = s + strlen(s);
+    while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' || end[-1] == '\n'))
+        *--end = '\0';
+    return s;
+}
+
+/* Writes "a, b or c" for a name table into buf. */
+static const char *
+config_names_expected(const struct config_name *names, char *buf, size_t cap)
+{
+    size_t len = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; names[i].name != NULL && len < cap; i++) {
+        const char *sep = i == 0 ? "" : names[i + 1].name == NULL ? " or " : ", ";
+        int n = snprintf(buf + len, cap - len, "%s%s", sep, names[i].name);
+
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    return buf;
+}
+
+/* Section names end up in logs and in error messages: keep them plain. */
+static bool
+config_valid_name(const char *s)
+{
+    size_t len = strlen(s);
+
+    if (len == 0 || len > CONFIG_NAME_MAX)
+        return false;
+    for (const char *p = s; *p != '\0'; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return false;
+    return true;
+}
+
+/*
+ * A host name as RFC 1123 §2.1 allows it: dot-separated labels of 1..63
+ * letters, digits and hyphens, not starting or ending with a hyphen, at most
+ * 253 characters, no trailing dot.  The last label may not be all digits
+ * (RFC 3696 §2), which keeps IP addresses out.
+ */
+static bool
+config_valid_dns_name(const char *s)
+{
+    size_t len = strlen(s), label = 0;
+    bool all_digits = true;
+
+    if (len == 0 || len > 253)
+        return false;
+    for (size_t i = 0; i <= len; i++) {
+        char ch = s[i];
+
+        if (ch == '.' || ch == '\0') {
+            if (label == 0 || label > 63 || s[i - 1] == '-')
+                return false;
+            if (ch == '\0')
+                return !all_digits;
+            label = 0;
+            all_digits = true;
+            continue;
+        }
+        if (label == 0 && ch == '-')
+            return false;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-'))
+            return false;
+        if (ch < '0' || ch > '9')
+            all_digits = false;
+        label++;
+    }
+    return false;
+}
+
+static bool
+config_is_ip_literal(const char *s)
+{
+    unsigned char tmp[sizeof(struct in6_addr)];
+
+    return uv_inet_pton(AF_INET, s, tmp) == 0 || uv_inet_pton(AF_INET6, s, tmp) == 0;
+}
+
+static void
+config_list_free(struct config_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->items[i]);
+    free(l->items);
+    l->items = NULL;
+    l->n = 0;
+}
+
+/* ---- parse functions: one value, reported at ctx->lineno on error ------- */
+
+static bool
+config_parse_string(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                    void *field)
+{
+    char **dst = field;
+
+    (void)d;
+    *dst = config_strdup(ctx, value);
+    return *dst != NULL;
+}
+
+static bool
+config_parse_banner(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                    void *field)
+{
+    /* The banner goes verbatim into the 220 greeting line. */
+    for (const unsigned char *p = (const unsigned char *)value; *p != '\0'; p++) {
+        if (*p < 0x20 || *p > 0x7e) {
+            config_error(ctx, ctx->lineno, "invalid %s: only printable ASCII is allowed", d->key);
+            return false;
+        }
+    }
+    if (strlen(value) > CONFIG_BANNER_MAX) {
+        config_error(ctx, ctx->lineno, "invalid %s: longer than %d characters", d->key,
+                     CONFIG_BANNER_MAX);
+        return false;
+    }
+    return config_parse_string(ctx, d, value, field);
+}
+
+static bool
+config_parse_ref(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                 void *field)
+{
+    if (!config_valid_name(value)) {
+        config_error(ctx, ctx->lineno,
+                     "invalid %s \"%s\" (expected a section name: 1 to %d letters, digits, '-', "
+                     "'_' or '.')",
+                     d->key, value, CONFIG_NAME_MAX);
+        return false;
+    }
+    return config_parse_string(ctx, d, value, field);
+}
+
+static bool
+config_parse_hostname(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                      void *field)
+{
+    if (!config_valid_dns_name(value)) {
+        config_error(ctx, ctx->lineno, "invalid %s \"%s\" (expected a DNS name such as %s)", d->key,
+                     value, "smtp.example.com");
+        return false;
+    }
+    return config_parse_string(ctx, d, value, field);
+}
+
+static bool
+config_parse_host(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                  void *field)
+{
+    if (!config_valid_dns_name(value) && !config_is_ip_literal(value)) {
+        config_error(ctx, ctx->lineno, "invalid %s \"%s\" (expected a DNS name or an IP address)",
+                     d->key, value);
+        return false;
+    }
+    return config_parse_string(ctx, d, value, field);
+}
+
+/*
+ * Proves that the file can be opened for reading now, as the user loading
+ * the config.  O_NONBLOCK so that a FIFO cannot hang the load.
+ */
+static bool
+config_parse_file(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                  void *field)
+{
+    struct stat st;
+    int fd = open(value, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+
+    if (fd < 0) {
+        config_error(ctx, ctx->lineno, "cannot read %s \"%s\": %s", d->key, value, strerror(errno));
+        return false;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        config_error(ctx, ctx->lineno, "cannot read %s \"%s\": not a regular file", d->key, value);
+        return false;
+    }
+    close(fd);
+    return config_parse_string(ctx, d, value, field);
+}
+
+static bool
+config_parse_enum(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                  void *field)
+{
+    int64_t *dst = field;
+    char expected[128];
+
+    for (const struct config_name *n = d->names; n->name != NULL; n++) {
+        if (strcasecmp(value, n->name) == 0) {
+            *dst = n->value;
+            return true;
+        }
+    }
+    config_error(ctx, ctx->lineno, "invalid %s \"%s\" (expected %s)", d->key, value,
+                 config_names_expected(d->names, expected, sizeof(expected)));
+    return false;
+}
+
+static bool
+config_parse_bool(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                  void *field)
+{
+    static const struct config_name bools[] = {
+        {"yes", 1}, {"true", 1}, {"on", 1}, {"1", 1}, {"no", 0}, {"false", 0}, {"off", 0}, {"0", 0},
+    };
+    int64_t *dst = field;
+
+    for (size_t i = 0; i < CONFIG_ARRAY_SIZE(bools); i++) {
+        if (strcasecmp(value, bools[i].name) == 0) {
+            *dst = bools[i].value;
+            return true;
+        }
+    }
+    config_error(ctx, ctx->lineno, "invalid %s \"%s\" (expected yes or no)", d->key, value);
+    return false;
+}
+
+static bool
+config_parse_log_level(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                       void *field)
+{
+    int64_t *dst = field;
+    int level = rl_log_level_parse(value);
+
+    if (level < 0) {
+        config_error(ctx, ctx->lineno, "invalid %s \"%s\" (expected error, warn, info or debug)",
+                     d->key, value);
+        return false;
+    }
+    *dst = level;
+    return true;
+}
+
+/*
+ * Reads the decimal digits at *pp into *out; false if there are none or the
+ * number exceeds limit.  Signs are not accepted: no value here is negative.
+ */
+static bool
+config_digits(const char **pp, int64_t limit, int64_t *out)
+{
+    const char *p = *pp;
+    int64_t v = 0;
+
+    if (*p < '0' || *p > '9')
+        return false;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (limit - (*p - '0')) / 10)
+            return false;
+        v = v * 10 + (*p - '0');
+    }
+    *pp = p;
+    *out = v;
+    return true;
+}
+
+static bool
+config_parse_number(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                    void *field)
+{
+    int64_t *dst = field, v;
+    const char *p = value;
+
+    if (!config_digits(&p, INT64_MAX / 2, &v) || *p != '\0' || v < d->min || v > d->max) {
+        config_error(ctx, ctx->lineno, "invalid %s \"%s\" (expected a number from %lld to %lld)",
+                     d->key, value, (long long)d->min, (long long)d->max);
+        return false;
+    }
+    *dst = v;
+    return true;
+}
+
+/* "30", "30s", "500ms", "5m", "1h"; a plain number is seconds.  Stored in
+ * milliseconds, range-checked against d->min..d->max (milliseconds). */
+static bool
+config_parse_duration(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                      void *field)
+{
+    static const struct {
+        const char *unit;
+        int64_t ms;
+    } units[] = {{"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}};
+    int64_t *dst = field, v;
+    const char *p = value;
+
+    if (config_digits(&p, INT64_MAX / 3600000, &v)) {
+        while (*p == ' ')
+            p++;
+        for (size_t i = 0; i < CONFIG_ARRAY_SIZE(units); i++) {
+            if (strcasecmp(p, units[i].unit) == 0) {
+                v *= units[i].ms;
+                if (v >= d->min && v <= d->max) {
+                    *dst = v;
+                    return true;
+                }
+                break;
+            }
+        }
+    }
+    config_error(ctx, ctx->lineno,
+                 "invalid %s \"%s\" (expected a duration from %llds to %lldh, such as 30s, "
+                 "1500ms, 5m or 1h; a plain number is seconds)",
+                 d->key, value, (long long)(d->min / 1000), (long long)(d->max / 3600000));
+    return false;
+}
+
+/* Bytes with an optional K, M or G suffix, 1024-based. */
+static bool
+config_parse_size(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                  void *field)
+{
+    int64_t *dst = field, v, mult = 1;
+    const char *p = value;
+
+    if (config_digits(&p, INT64_MAX >> 31, &v)) {
+        switch (*p) {
+        case 'k':
+        case 'K':
+            mult = (int64_t)1 << 10;
+            p++;
+            break;
+        case 'm':
+        case 'M':
+            mult = (int64_t)1 << 20;
+            p++;
+            break;
+        case 'g':
+        case 'G':
+            mult = (int64_t)1 << 30;
+            p++;
+            break;
+        default:
+            break;
+        }
+        v *= mult;
+        if (*p == '\0' && v >= d->min && v <= d->max) {
+            *dst = v;
+            return true;
+        }
+    }
+    config_error(ctx, ctx->lineno,
+                 "invalid %s \"%s\" (expected a size in bytes with an optional K, M or G suffix, "
+                 "at most 4G; 0 means the upstream's own limit)",
+                 d->key, value);
+    return false;
+}
+
+/* A comma-separated list of non-empty items; an empty value is an empty
+ * list, which differs from "not given" when a preset supplies one. */
+static bool
+config_parse_list(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                  void *field)
+{
+    struct config_list *dst = field;
+    char *copy = config_strdup(ctx, value), *save = NULL, *item;
+    size_t cap = 1;
+    bool ok = true;
+
+    if (copy == NULL)
+        return false;
+    for (const char *p = value; *p != '\0'; p++)
+        cap += *p == ',';
+    dst->items = config_calloc(ctx, cap, sizeof(*dst->items));
+    if (dst->items == NULL) {
+        free(copy);
+        return false;
+    }
+    dst->set = true;
+    if (*config_trim(copy) == '\0') {
+        free(copy);
+        return true;
+    }
+    /* strtok_r would merge ",," silently; walk the commas by hand. */
+    for (item = copy; item != NULL; item = save) {
+        save = strchr(item, ',');
+        if (save != NULL)
+            *save++ = '\0';
+        item = config_trim(item);
+        if (*item == '\0') {
+            config_error(ctx, ctx->lineno, "invalid %s: empty item in the list", d->key);
+            ok = false;
+            continue;
+        }
+        dst->items[dst->n] = config_strdup(ctx, item);
+        if (dst->items[dst->n] != NULL)
+            dst->n++;
+    }
+    free(copy);
+    if (!ok) {
+        config_list_free(dst);
+        dst->set = false;
+    }
+    return ok;
+}
+
+static bool
+config_addr_set(struct rl_addr *a, int family, const char *host, int port)
+{
+    char name[INET6_ADDRSTRLEN];
+
+    memset(a, 0, sizeof(*a));
+    if (family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&a->ss;
+
+        if (uv_ip4_addr(host, port, sin) != 0)
+            return false;
+        a->len = sizeof(*sin);
+        uv_ip4_name(sin, name, sizeof(name));
+        snprintf(a->text, sizeof(a->text), "%s:%d", name, port);
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&a->ss;
+
+        if (uv_ip6_addr(host, port, sin6) != 0)
+            return false;
+        a->len = sizeof(*sin6);
+        uv_ip6_name(sin6, name, sizeof(name));
+        snprintf(a->text, sizeof(a->text), "[%s]:%d", name, port);
+    }
+    return true;
+}
+
+/*
+ * One listen item: "IPV4:PORT", "[IPV6]:PORT" or "*:PORT" (both wildcards).
+ * Appends one or two addresses to out; false if the item does not parse.
+ */
+static bool
+config_listen_item(const char *item, struct rl_addr *out, size_t *n)
+{
+    char host[INET6_ADDRSTRLEN + 32];
+    const char *colon, *p;
+    int64_t port;
+    size_t hlen;
+    int family;
+
+    if (item[0] == '[') {
+        const char *close = strchr(item, ']');
+
+        if (close == NULL || close[1] != ':')
+            return false;
+        hlen = (size_t)(close - item - 1);
+        if (hlen == 0 || hlen >= sizeof(host))
+            return false;
+        memcpy(host, item + 1, hlen);
+        colon = close + 1;
+        family = AF_INET6;
+    } else {
+        colon = strrchr(item, ':');
+        if (colon == NULL)
+            return false;
+        hlen = (size_t)(colon - item);
+        if (hlen == 0 || hlen >= sizeof(host) || memchr(item, ':', hlen) != NULL)
+            return false;
+        memcpy(host, item, hlen);
+        family = AF_INET;
+    }
+    host[hlen] = '\0';
+    p = colon + 1;
+    if (!config_digits(&p, 65535, &port) || *p != '\0' || port == 0)
+        return false;
+
+    if (strcmp(host, "*") == 0 && family == AF_INET)
+        return config_addr_set(&out[(*n)++], AF_INET, "0.0.0.0", (int)port) &&
+               config_addr_set(&out[(*n)++], AF_INET6, "::", (int)port);
+    return config_addr_set(&out[(*n)++], family, host, (int)port);
+}
+
+static bool
+config_parse_listen(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                    void *field)
+{
+    struct config_addrs *l = field;
+    char *copy = config_strdup(ctx, value), *save, *item;
+    size_t cap = 2;
+    bool ok = true;
+
+    if (copy == NULL)
+        return false;
+    for (const char *p = value; *p != '\0'; p++)
+        cap += 2 * (*p == ',');
+    l->items = config_calloc(ctx, cap, sizeof(*l->items));
+    if (l->items == NULL) {
+        free(copy);
+        return false;
+    }
+    for (item = copy; item != NULL; item = save) {
+        size_t before = l->n;
+
+        save = strchr(item, ',');
+        if (save != NULL)
+            *save++ = '\0';
+        item = config_trim(item);
+        if (!config_listen_item(item, l->items, &l->n)) {
+            l->n = before;
+            config_error(ctx, ctx->lineno,
+                         "invalid %s address \"%s\" (expected IPV4:PORT, [IPV6]:PORT or *:PORT, "
+                         "such as 0.0.0.0:465, [::1]:587 or *:25; no host names)",
+                         d->key, item);
+            ok = false;
+        }
+    }
+    free(copy);
+    if (!ok) {
+        free(l->items);
+        l->items = NULL;
+        l->n = 0;
+    }
+    return ok;
+}
+
+/* ---- the reader and handler fed to inih ------------------------------------- */
+
+static void
+config_raw_init(struct config_section *sec)
+{
+    memset(&sec->raw, 0, sizeof(sec->raw));
+    switch (sec->type) {
+    case CONFIG_S_RELABEL: {
+        struct config_raw_relabel *r = &sec->raw.relabel;
+
+        r->log_level = r->log_format = r->bare_newline = CONFIG_UNSET;
+        r->handshake_timeout = r->command_timeout = r->data_timeout = CONFIG_UNSET;
+        r->upstream_connect_timeout = r->upstream_timeout = CONFIG_UNSET;
+        r->max_line = r->max_errors = CONFIG_UNSET;
+        break;
+    }
+    case CONFIG_S_LISTENER:
+        sec->raw.listener.tls = sec->raw.listener.require_tls = CONFIG_UNSET;
+        break;
+    case CONFIG_S_BRAND:
+        break;
+    case CONFIG_S_UPSTREAM: {
+        struct config_raw_upstream *u = &sec->raw.upstream;
+
+        u->preset = u->port = u->tls = u->max_message_size = CONFIG_UNSET;
+        break;
+    }
+    }
+}
+
+static void
+config_raw_free(struct config_section *sec)
+{
+    switch (sec->type) {
+    case CONFIG_S_RELABEL:
+        free(sec->raw.relabel.user);
+        free(sec->raw.relabel.group);
+        free(sec->raw.relabel.banner);
+        break;
+    case CONFIG_S_LISTENER:
+        free(sec->raw.listener.listen.items);
+        free(sec->raw.listener.brand);
+        break;
+    case CONFIG_S_BRAND:
+        free(sec->raw.brand.hostname);
+        free(sec->raw.brand.cert);
+        free(sec->raw.brand.key);
+        free(sec->raw.brand.upstream);
+        break;
+    case CONFIG_S_UPSTREAM:
+        free(sec->raw.upstream.host);
+        free(sec->raw.upstream.verify_name);
+        free(sec->raw.upstream.ca_file);
+        free(sec->raw.upstream.helo_name);
+        config_list_free(&sec->raw.upstream.hide);
+        break;
+    }
+}
+
+static struct config_section *
+config_find_section(struct config_ctx *ctx, enum config_stype type, const char *name)
+{
+    for (size_t i = 0; i < ctx->nsections; i++) {
+        struct config_section *sec = ctx->sections[i];
+
+        if (sec->type == type && !sec->duplicate &&
+            (name == NULL ? sec->name == NULL : sec->name != NULL && strcmp(sec->name, name) == 0))
+            return sec;
+    }
+    return NULL;
+}
+
+/* Prints a section's header the way the user would write it. */
+static const char *
+config_section_label(const struct config_section *sec, char *buf, size_t cap)
+{
+    if (sec->name != NULL)
+        snprintf(buf, cap, "[%s \"%s\"]", config_stypes[sec->type].name, sec->name);
+    else
+        snprintf(buf, cap, "[%s]", config_stypes[sec->type].name);
+    return buf;
+}
+
+/*
+ * Parses a section header line (s starts with '[', is trimmed) and makes it
+ * the current section.  On any problem the keys that follow are skipped
+ * quietly: one error for a bad header is enough.
+ */
+static void
+config_section_begin(struct config_ctx *ctx, char *s)
+{
+    struct config_section *sec, *first, **grown;
+    char *close = strchr(s, ']'), *after, *inner, *name;
+    size_t tlen;
+    int type = -1;
+
+    ctx->cur = NULL;
+    ctx->cur_ignored = true;
+    if (close == NULL) {
+        config_error(ctx, ctx->lineno, "section header without a closing ']'");
+        return;
+    }
+    *close = '\0';
+    after = config_trim(close + 1);
+    if (*after != '\0' && *after != ';' && *after != '#') {
+        config_error(ctx, ctx->lineno, "unexpected text after the section header: \"%s\"", after);
+        return;
+    }
+    inner = config_trim(s + 1);
+    tlen = strcspn(inner, " \t\"");
+    name = config_trim(inner + tlen);
+    for (size_t i = 0; i < CONFIG_ARRAY_SIZE(config_stypes); i++)
+        if (strlen(config_stypes[i].name) == tlen &&
+            strncmp(inner, config_stypes[i].name, tlen) == 0)
+            type = (int)i;
+    inner[tlen] = '\0';
+    if (type < 0) {
+        config_error(ctx, ctx->lineno,
+                     "unknown section type [%s] (expected [relabel], [listener \"NAME\"], "
+                     "[brand \"NAME\"] or [upstream \"NAME\"])",
+                     inner);
+        return;
+    }
+    if (*name == '"') {
+        size_t nlen = strlen(name);
+
+        if (nlen < 2 || name[nlen - 1] != '"' || memchr(name + 1, '"', nlen - 2) != NULL) {
+            config_error(ctx, ctx->lineno, "badly quoted section name: %s", name);
+            return;
+        }
+        name[nlen - 1] = '\0';
+        name++;
+    }
+    if (!config_stypes[type].named && *name != '\0') {
+        config_error(ctx, ctx->lineno, "[%s] takes no name", inner);
+        return;
+    }
+    if (config_stypes[type].named && *name == '\0') {
+        config_error(ctx, ctx->lineno, "[%s] needs a name: [%s \"NAME\"]", inner, inner);
+        return;
+    }
+    if (config_stypes[type].named && !config_valid_name(name)) {
+        config_error(ctx, ctx->lineno,
+                     "invalid section name \"%s\" (expected 1 to %d letters, digits, '-', '_' "
+                     "or '.')",
+                     name, CONFIG_NAME_MAX);
+        return;
+    }
+
+    sec = config_calloc(ctx, 1, sizeof(*sec));
+    grown = realloc(ctx->sections, (ctx->nsections + 1) * sizeof(*grown));
+    if (sec == NULL || grown == NULL) {
+        ctx->oom = true;
+        free(sec);
+        if (grown != NULL)
+            ctx->sections = grown;
+        return;
+    }
+    ctx->sections = grown;
+    sec->type = (enum config_stype)type;
+    sec->line = ctx->lineno;
+    sec->name = config_stypes[type].named ? config_strdup(ctx, name) : NULL;
+    config_raw_init(sec);
+    first = config_find_section(ctx, sec->type, sec->name);
+    if (first != NULL) {
+        char label[CONFIG_NAME_MAX + 32];
+
+        config_error(ctx, ctx->lineno, "duplicate section %s (first at line %d)",
+                     config_section_label(sec, label, sizeof(label)), first->line);
+        sec->duplicate = true;
+    }
+    ctx->sections[ctx->nsections++] = sec;
+    ctx->cur = sec;
+    ctx->cur_ignored = false;
+}
+
+/*
+ * inih's line reader.  Returns one physical line per call (see the file
+ * comment for why), rewritten so that inih sees only what it should parse.
+ */
+static char *
+config_reader(char *str, int num, void *stream)
+{
+    struct config_ctx *ctx = stream;
+    char *s;
+    ssize_t n;
+    size_t len;
+
+    /* inih has asked for the next line, so it is done with the previous
+     * one: a key line the handler was not called for had no '=' or ':'. */
+    if (ctx->pending_key > 0)
+        config_error(ctx, ctx->pending_key, "expected \"key = value\", a [section] or a comment");
+    ctx->pending_key = 0;
+    if (ctx->eof || num < 8)
+        return NULL;
+
+    n = getline(&ctx->buf, &ctx->bufcap, ctx->fp);
+    if (n < 0) {
+        if (ferror(ctx->fp))
+            ctx->read_errno = errno;
+        ctx->eof = true;
+        return NULL;
+    }
+    ctx->lineno++;
+    s = ctx->buf;
+    if (ctx->lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
+        s += 3; /* UTF-8 byte order mark */
+    if (strlen(s) != (size_t)(n - (s - ctx->buf))) {
+        config_error(ctx, ctx->lineno, "NUL byte in line");
+        str[0] = '\0';
+        return str;
+    }
+    s = config_trim(s);
+
+    if (*s == '\0' || *s == ';' || *s == '#') {
+        str[0] = '\0'; /* comments may be as long as they like */
+    } else if (*s == '[') {
+        config_section_begin(ctx, s);
+        /* inih tracks its own section name; ours is ctx->cur. */
+        memcpy(str, "[s]\n", 5);
+    } else {
+        len = strlen(s);
+        if (len + 2 > (size_t)num) {
+            config_error(ctx, ctx->lineno, "line too long (%zu characters, at most %d)", len,
+                         num - 2);
+            str[0] = '\0';
+        } else {
+            memcpy(str, s, len);
+            memcpy(str + len, "\n", 2);
+            ctx->pending_key = ctx->lineno;
+        }
+    }
+    return str;
+}
+
+static int
+config_handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct config_ctx *ctx = user;
+    struct config_section *sec = ctx->cur;
+    const struct config_directive *d = NULL;
+    size_t idx;
+    char label[CONFIG_NAME_MAX + 32];
+
+    (void)section; /* inih's idea of the section; ours is ctx->cur */
+    ctx->pending_key = 0;
+    /* A build with INI_CALL_HANDLER_ON_NEW_SECTION reports headers here
+     * too; the reader has already handled them. */
+    if (name == NULL && value == NULL)
+        return 1;
+    /* Returning 1 always: errors are collected here, not by inih. */
+    if (name == NULL || *name == '\0') {
+        config_error(ctx, ctx->lineno, "missing key name before '='");
+        return 1;
+    }
+    if (value == NULL) {
+        config_error(ctx, ctx->lineno, "expected \"key = value\", a [section] or a comment");
+        return 1;
+    }
+    if (sec == NULL) {
+        if (!ctx->cur_ignored)
+            config_error(ctx, ctx->lineno,
+                         "key \"%s\" outside any section (global keys go under [relabel])", name);
+        return 1;
+    }
+    for (idx = 0; idx < CONFIG_D_COUNT; idx++) {
+        if (config_directives[idx].section == sec->type &&
+            strcmp(config_directives[idx].key, name) == 0) {
+            d = &config_directives[idx];
+            break;
+        }
+    }
+    if (d == NULL) {
+        config_error(ctx, ctx->lineno, "unknown key \"%s\" in %s", name,
+                     config_section_label(sec, label, sizeof(label)));
+        return 1;
+    }
+    if (sec->key_lines[idx] != 0) {
+        config_error(ctx, ctx->lineno, "duplicate key \"%s\" (first at line %d)", name,
+                     sec->key_lines[idx]);
+        return 1;
+    }
+    sec->key_lines[idx] = ctx->lineno;
+    if (*value == '\0' && !d->empty_ok) {
+        config_error(ctx, ctx->lineno, "empty value for \"%s\"", name);
+        return 1;
+    }
+    d->parse(ctx, d, value, (char *)&sec->raw + d->offset);
+    return 1;
+}
+
+/* ---- merge and resolve ---------------------------------------------------------- */
+
+static int64_t
+config_merge(int64_t value, int64_t dflt)
+{
+    return value != CONFIG_UNSET ? value : dflt;
+}
+
+static void
+config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct rl_config *cfg)
+{
+    struct config_raw_relabel dflt, *r = &dflt;
+
+    if (sec != NULL) {
+        r = &sec->raw.relabel;
+    } else {
+        struct config_section tmp = {.type = CONFIG_S_RELABEL};
+
+        config_raw_init(&tmp);
+        dflt = tmp.raw.relabel;
+    }
+    cfg->user = config_strdup(ctx, r->user);
+    cfg->group = config_strdup(ctx, r->group);
+    cfg->banner = config_strdup(ctx, r->banner != NULL ? r->banner : "ESMTP ready");
+    cfg->log_level = (int)config_merge(r->log_level, RL_LOG_INFO);
+    cfg->log_format = (enum rl_log_format)config_merge(r->log_format, RL_LOG_TEXT);
+    cfg->handshake_timeout_ms =
+        (unsigned)config_merge(r->handshake_timeout, RL_TIMEOUT_HANDSHAKE_DEFAULT);
+    cfg->command_timeout_ms =
+        (unsigned)config_merge(r->command_timeout, RL_TIMEOUT_COMMAND_DEFAULT);
+    cfg->data_timeout_ms = (unsigned)config_merge(r->data_timeout, RL_TIMEOUT_DATA_DEFAULT);
+    cfg->upstream_connect_timeout_ms =
+        (unsigned)config_merge(r->upstream_connect_timeout, RL_TIMEOUT_UP_CONNECT_DEFAULT);
+    cfg->upstream_timeout_ms =
+        (unsigned)config_merge(r->upstream_timeout, RL_TIMEOUT_UP_REPLY_DEFAULT);
+    cfg->max_line = (size_t)config_merge(r->max_line, RL_SMTP_LINE_DEFAULT);
+    cfg->max_errors = (unsigned)config_merge(r->max_errors, RL_MAX_ERRORS_DEFAULT);
+    cfg->bare_newline_reject = config_merge(r->bare_newline, 0) != 0;
+}
+
+/*
+ * Fills u from a raw [upstream] section (sec, may be NULL) and a preset
+ * (may be NULL): explicit keys win over the preset, the preset over the
+ * defaults, whatever the order of the keys in the file.
+ */
+static void
+config_merge_upstream(struct config_ctx *ctx, const struct config_section *sec,
+                      const struct config_preset *preset, struct rl_upstream_conf *u)
+{
+    struct config_raw_upstream none = {.preset = CONFIG_UNSET,
+                                       .port = CONFIG_UNSET,
+                                       .tls = CONFIG_UNSET,
+                                       .max_message_size = CONFIG_UNSET};
+    const struct config_raw_upstream *r = sec != NULL ? &sec->raw.upstream : &none;
+    const char *host = r->host != NULL ? r->host : preset != NULL ? preset->host : NULL;
+
+    u->name = config_strdup(ctx, sec != NULL ? sec->name : preset->name);
+    u->line = sec != NULL ? sec->line : 0;
+    u->host = config_strdup(ctx, host);
+    u->tls = (enum rl_tls_mode)config_merge(r->tls, RL_TLS_IMPLICIT);
+    u->port = (uint16_t)config_merge(r->port, u->tls == RL_TLS_IMPLICIT ? 465 : 587);
+    /* A preset's certificate name survives a host override: that is how a
+     * test points host at 127.0.0.1 and still checks smtp.mailgun.org. */
+    u->verify_name = config_strdup(ctx, r->verify_name != NULL ? r->verify_name
+                                        : preset != NULL       ? preset->host
+                                                               : host);
+    u->ca_file = config_strdup(ctx, r->ca_file);
+    u->ca_line = sec != NULL ? sec->key_lines[CONFIG_D_CA_FILE] : 0;
+    u->helo_name = config_strdup(ctx, r->helo_name);
+    u->max_message_size = (uint64_t)config_merge(
+        r->max_message_size, preset != NULL ? (int64_t)preset->max_message_size : 0);
+
+    if (r->hide.set || preset != NULL) {
+        size_t n = r->hide.set ? r->hide.n : preset->nhide;
+
+        u->hide = config_calloc(ctx, n, sizeof(*u->hide));
+        for (size_t i = 0; u->hide != NULL && i < n; i++) {
+            u->hide[i] = config_strdup(ctx, r->hide.set ? r->hide.items[i] : preset->hide[i]);
+            if (u->hide[i] != NULL)
+                u->nhide++;
+        }
+    }
+}
+
+static void
+config_check_upstream(struct config_ctx *ctx, const struct config_section *sec)
+{
+    const struct config_raw_upstream *r = &sec->raw.upstream;
+
+    if (sec->key_lines[CONFIG_D_HOST] == 0 && sec->key_lines[CONFIG_D_PRESET] == 0)
+        config_error(ctx, sec->line, "[upstream \"%s\"] needs host (or preset = %s)", sec->name,
+                     "mailgun-us");
+    /* mbedTLS 2.28 checks DNS names only, so there must be one to check. */
+    if (r->host != NULL && sec->key_lines[CONFIG_D_VERIFY_NAME] == 0 &&
+        sec->key_lines[CONFIG_D_PRESET] == 0 && config_is_ip_literal(r->host))
+        config_error(ctx, sec->key_lines[CONFIG_D_HOST],
+                     "host %s is an IP address: set verify_name to the name in the upstream's "
+                     "certificate",
+                     r->host);
+}
+
+/* Finds or builds the upstream named by a brand: a section first, so that a
+ * section may shadow a preset's name, then a preset used as it is. */
+static struct rl_upstream_conf *
+config_resolve_upstream(struct config_ctx *ctx, struct rl_config *cfg, const char *name)
+{
+    /* Pass 0 looks at sections (line > 0), pass 1 at presets in use. */
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < cfg->nupstreams; i++)
+            if ((cfg->upstreams[i].line > 0) == (pass == 0) && cfg->upstreams[i].name != NULL &&
+                strcmp(cfg->upstreams[i].name, name) == 0)
+                return &cfg->upstreams[i];
+    for (size_t i = 0; i < CONFIG_NPRESETS; i++) {
+        if (strcmp(config_presets[i].name, name) == 0) {
+            struct rl_upstream_conf *u = &cfg->upstreams[cfg->nupstreams++];
+
+            config_merge_upstream(ctx, NULL, &config_presets[i], u);
+            return u;
+        }
+    }
+    return NULL;
+}
+
+static void
+config_build_upstreams_brands(struct config_ctx *ctx, struct rl_config *cfg)
+{
+    size_t nup = 0, nbrand = 0;
+
+    for (size_t i = 0; i < ctx->nsections; i++) {
+        nup += ctx->sections[i]->type == CONFIG_S_UPSTREAM && !ctx->sections[i]->duplicate;
+        nbrand += ctx->sections[i]->type == CONFIG_S_BRAND && !ctx->sections[i]->duplicate;
+    }
+    /* Sized once: brands keep pointers into this array. */
+    cfg->upstreams = config_calloc(ctx, nup + CONFIG_NPRESETS, sizeof(*cfg->upstreams));
+    cfg->brands = config_calloc(ctx, nbrand, sizeof(*cfg->brands));
+    if (cfg->upstreams == NULL || cfg->brands == NULL)
+        return;
+
+    for (size_t i = 0; i < ctx->nsections; i++) {
+        struct config_section *sec = ctx->sections[i];
+        const struct config_preset *preset;
+
+        if (sec->type != CONFIG_S_UPSTREAM || sec->duplicate)
+            continue;
+        preset = sec->raw.upstream.preset != CONFIG_UNSET
+                     ? &config_presets[sec->raw.upstream.preset]
+                     : NULL;
+        config_merge_upstream(ctx, sec, preset, &cfg->upstreams[cfg->nupstreams]);
+        config_check_upstream(ctx, sec);
+        cfg->nupstreams++;
+    }
+
+    for (size_t i = 0; i < ctx->nsections; i++) {
+        struct config_section *sec = ctx->sections[i];
+        struct config_raw_brand *r = &sec->raw.brand;
+        struct rl_brand_conf *b;
+        const char *up;
+
+        if (sec->type != CONFIG_S_BRAND || sec->duplicate)
+            continue;
+        b = &cfg->brands[cfg->nbrands++];
+        b->name = config_strdup(ctx, sec->name);
+        b->line = sec->line;
+        b->hostname = config_strdup(ctx, r->hostname);
+        b->cert = config_strdup(ctx, r->cert);
+        b->cert_line = sec->key_lines[CONFIG_D_CERT];
+        b->key = config_strdup(ctx, r->key);
+        b->key_line = sec->key_lines[CONFIG_D_KEY];
+
+        /* A key that was given but did not parse has been reported already. */
+        if (sec->key_lines[CONFIG_D_HOSTNAME] == 0)
+            config_error(ctx, sec->line, "[brand \"%s\"] needs hostname", sec->name);
+        if (sec->key_lines[CONFIG_D_CERT] == 0)
+            config_error(ctx, sec->line, "[brand \"%s\"] needs cert (the certificate file)",
+                         sec->name);
+        if (sec->key_lines[CONFIG_D_KEY] == 0)
+            config_error(ctx, sec->line, "[brand \"%s\"] needs key (the private key file)",
+                         sec->name);
+
+        if (r->upstream == NULL && sec->key_lines[CONFIG_D_BRAND_UPSTREAM] != 0)
+            continue;
+        up = r->upstream != NULL ? r->upstream : CONFIG_DEFAULT_PRESET;
+        b->upstream = config_resolve_upstream(ctx, cfg, up);
+        if (b->upstream == NULL)
+            config_error(ctx, sec->key_lines[CONFIG_D_BRAND_UPSTREAM],
+                         "unknown upstream \"%s\" (expected mailgun-us, mailgun-eu or the name of "
+                         "an [upstream \"NAME\"] section)",
+                         up);
+    }
+}
+
+static bool
+config_addr_is_any(const struct rl_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr, &in6addr_any,
+                  sizeof(in6addr_any)) == 0;
+}
+
+static uint16_t
+config_addr_port(const struct rl_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+    return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+}
+
+/* 0: independent; 1: the same address; 2: one is the wildcard of the same
+ * family and port, which bind() refuses on Linux just the same.  IPv6
+ * sockets are expected to be IPV6_V6ONLY, so 0.0.0.0 and [::] coexist. */
+static int
+config_addr_conflict(const struct rl_addr *a, const struct rl_addr *b)
+{
+    if (a->ss.ss_family != b->ss.ss_family || config_addr_port(a) != config_addr_port(b))
+        return 0;
+    if (strcmp(a->text, b->text) == 0)
+        return 1;
+    return config_addr_is_any(a) != config_addr_is_any(b) ? 2 : 0;
+}
+
+static void
+config_check_addrs(struct config_ctx *ctx, struct rl_config *cfg, size_t li)
+{
+    struct rl_listener_conf *l = &cfg->listeners[li];
+
+    for (size_t ai = 0; ai < l->naddrs; ai++) {
+        for (size_t lj = 0; lj <= li; lj++) {
+            const struct rl_listener_conf *other = &cfg->listeners[lj];
+            size_t end = lj == li ? ai : other->naddrs;
+
+            for (size_t aj = 0; aj < end; aj++) {
+                int c = config_addr_conflict(&l->addrs[ai], &other->addrs[aj]);
+
+                if (c == 0)
+                    continue;
+                if (lj == li && c == 1)
+                    config_error(ctx, l->listen_line, "%s is listed twice", l->addrs[ai].text);
+                else if (c == 1)
+                    config_error(ctx, l->listen_line,
+                                 "%s is already used by listener \"%s\" (line %d)",
+                                 l->addrs[ai].text, other->name, other->listen_line);
+                else
+                    config_error(ctx, l->listen_line, "%s overlaps %s of listener \"%s\" (line %d)",
+                                 l->addrs[ai].text, other->addrs[aj].text, other->name,
+                                 other->listen_line);
+                goto next_addr;
+            }
+        }
+    next_addr:;
+    }
+}
+
+static void
+config_default_listener(struct config_ctx *ctx, struct rl_listener_conf *l, const char *name,
+                        int port, enum rl_tls_mode tls, struct rl_brand_conf *brand)
+{
+    l->name = config_strdup(ctx, name);
+    l->addrs = config_calloc(ctx, 2, sizeof(*l->addrs));
+    if (l->addrs != NULL) {
+        config_addr_set(&l->addrs[0], AF_INET, "0.0.0.0", port);
+        config_addr_set(&l->addrs[1], AF_INET6, "::", port);
+        l->naddrs = 2;
+    }
+    l->tls = tls;
+    l->require_tls = true;
+    l->brand = brand;
+}
+
+static void
+config_build_listeners(struct config_ctx *ctx, struct rl_config *cfg)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < ctx->nsections; i++)
+        n += ctx->sections[i]->type == CONFIG_S_LISTENER && !ctx->sections[i]->duplicate;
+
+    if (cfg->nbrands == 0) {
+        config_error(ctx, 0, "no [brand \"NAME\"] section: at least one brand is required");
+        return;
+    }
+    if (n == 0) {
+        /* The drop-in default: the ports a CNAME to the provider served. */
+        if (cfg->nbrands > 1) {
+            config_error(ctx, 0,
+                         "no [listener \"NAME\"] section: the default listeners need exactly one "
+                         "brand, and there are %zu",
+                         cfg->nbrands);
+            return;
+        }
+        cfg->listeners = config_calloc(ctx, 2, sizeof(*cfg->listeners));
+        if (cfg->listeners == NULL)
+            return;
+        config_default_listener(ctx, &cfg->listeners[0], "smtps", 465, RL_TLS_IMPLICIT,
+                                &cfg->brands[0]);
+        config_default_listener(ctx, &cfg->listeners[1], "submission", 587, RL_TLS_STARTTLS,
+                                &cfg->brands[0]);
+        cfg->nlisteners = 2;
+        return;
+    }
+
+    cfg->listeners = config_calloc(ctx, n, sizeof(*cfg->listeners));
+    if (cfg->listeners == NULL)
+        return;
+    for (size_t i = 0; i < ctx->nsections; i++) {
+        struct config_section *sec = ctx->sections[i];
+        struct config_raw_listener *r = &sec->raw.listener;
+        struct rl_listener_conf *l;
+        bool all_465 = r->listen.n > 0;
+
+        if (sec->type != CONFIG_S_LISTENER || sec->duplicate)
+            continue;
+        l = &cfg->listeners[cfg->nlisteners++];
+        l->name = config_strdup(ctx, sec->name);
+        l->line = sec->line;
+        l->listen_line = sec->key_lines[CONFIG_D_LISTEN];
+        if (r->listen.n > 0) {
+            l->addrs = config_calloc(ctx, r->listen.n, sizeof(*l->addrs));
+            if (l->addrs != NULL) {
+                memcpy(l->addrs, r->listen.items, r->listen.n * sizeof(*l->addrs));
+                l->naddrs = r->listen.n;
+            }
+        }
+        if (sec->key_lines[CONFIG_D_LISTEN] == 0)
+            config_error(ctx, sec->line,
+                         "[listener \"%s\"] needs listen (such as listen = 0.0.0.0:465, [::]:465)",
+                         sec->name);
+
+        for (size_t a = 0; a < r->listen.n; a++)
+            all_465 = all_465 && config_addr_port(&r->listen.items[a]) == 465;
+        l->tls =
+            (enum rl_tls_mode)config_merge(r->tls, all_465 ? RL_TLS_IMPLICIT : RL_TLS_STARTTLS);
+        l->require_tls = config_merge(r->require_tls, 1) != 0;
+        if (l->tls == RL_TLS_IMPLICIT && r->require_tls == 0)
+            config_error(ctx, sec->key_lines[CONFIG_D_REQUIRE_TLS],
+                         "require_tls = no needs tls = starttls: an implicit TLS listener has no "
+                         "plaintext phase");
+
+        if (r->brand != NULL) {
+            for (size_t b = 0; b < cfg->nbrands; b++)
+                if (cfg->brands[b].name != NULL && strcmp(cfg->brands[b].name, r->brand) == 0)
+                    l->brand = &cfg->brands[b];
+            if (l->brand == NULL)
+                config_error(ctx, sec->key_lines[CONFIG_D_LISTENER_BRAND],
+                             "unknown brand \"%s\" (no [brand \"%s\"] section)", r->brand,
+                             r->brand);
+        } else if (sec->key_lines[CONFIG_D_LISTENER_BRAND] == 0) {
+            if (cfg->nbrands == 1)
+                l->brand = &cfg->brands[0];
+            else
+                config_error(ctx, sec->line,
+                             "[listener \"%s\"] needs brand: there are %zu brands to choose from",
+                             sec->name, cfg->nbrands);
+        }
+        config_check_addrs(ctx, cfg, cfg->nlisteners - 1);
+    }
+}
+
+/* ---- public ------------------------------------------------------------------- */
+
+static void
+config_free_upstream(struct rl_upstream_conf *u)
+{
+    free(u->name);
+    free(u->host);
+    free(u->verify_name);
+    free(u->ca_file);
+    free(u->helo_name);
+    for (size_t i = 0; i < u->nhide; i++)
+        free(u->hide[i]);
+    free(u->hide);
+}
+
+static void
+config_free(struct rl_config *cfg)
+{
+    free(cfg->path);
+    free(cfg->user);
+    free(cfg->group);
+    free(cfg->banner);
+    for (size_t i = 0; cfg->listeners != NULL && i < cfg->nlisteners; i++) {
+        free(cfg->listeners[i].name);
+        free(cfg->listeners[i].addrs);
+    }
+    free(cfg->listeners);
+    for (size_t i = 0; cfg->brands != NULL && i < cfg->nbrands; i++) {
+        free(cfg->brands[i].name);
+        free(cfg->brands[i].hostname);
+        free(cfg->brands[i].cert);
+        free(cfg->brands[i].key);
+    }
+    free(cfg->brands);
+    for (size_t i = 0; cfg->upstreams != NULL && i < cfg->nupstreams; i++)
+        config_free_upstream(&cfg->upstreams[i]);
+    free(cfg->upstreams);
+    free(cfg);
+}
+
+static void
+config_ctx_free(struct config_ctx *ctx)
+{
+    for (size_t i = 0; i < ctx->nsections; i++) {
+        config_raw_free(ctx->sections[i]);
+        free(ctx->sections[i]->name);
+        free(ctx->sections[i]);
+    }
+    free(ctx->sections);
+    for (size_t i = 0; i < ctx->nerrors; i++)
+        free(ctx->errors[i].msg);
+    free(ctx->errors);
+    free(ctx->buf);
+}
+
+int
+rl_config_load(const char *path, FILE *err, struct rl_config **out)
+{
+    struct config_ctx ctx = {.path = path};
+    struct rl_config *cfg = NULL;
+    struct stat st;
+    int rc, nproblems;
+
+    *out = NULL;
+    ctx.fp = fopen(path, "re");
+    if (ctx.fp == NULL || fstat(fileno(ctx.fp), &st) != 0 || S_ISDIR(st.st_mode)) {
+        const char *why = ctx.fp == NULL ? strerror(errno) : strerror(EISDIR);
+
+        if (err != NULL)
+            fprintf(err, "%s: cannot open: %s\n", path, why);
+        if (ctx.fp != NULL)
+            fclose(ctx.fp);
+        return 1;
+    }
+
+    rc = ini_parse_stream(config_reader, &ctx, config_handler, &ctx);
+    fclose(ctx.fp);
+    /* Our reader reports every syntax error inih can find; this only
+     * catches a kind of error a different inih build might add. */
+    if (rc > 0) {
+        bool known = false;
+
+        for (size_t i = 0; i < ctx.nerrors; i++)
+            known = known || ctx.errors[i].line == rc;
+        if (!known)
+            config_error(&ctx, rc, "syntax error");
+    } else if (rc < 0) {
+        config_error(&ctx, 0, "cannot parse (inih error %d)", rc);
+    }
+    if (ctx.read_errno != 0)
+        config_error(&ctx, 0, "cannot read: %s", strerror(ctx.read_errno));
+
+    cfg = config_calloc(&ctx, 1, sizeof(*cfg));
+    if (cfg != NULL) {
+        cfg->refs = 1;
+        cfg->path = config_strdup(&ctx, path);
+        config_merge_relabel(&ctx, config_find_section(&ctx, CONFIG_S_RELABEL, NULL), cfg);
+        config_build_upstreams_brands(&ctx, cfg);
+        config_build_listeners(&ctx, cfg);
+    }
+
+    nproblems = (int)ctx.nerrors + (ctx.oom ? 1 : 0);
+    config_print_errors(&ctx, err);
+    config_ctx_free(&ctx);
+    if (nproblems > 0) {
+        if (cfg != NULL)
+            config_free(cfg);
+        return nproblems;
+    }
+    *out = cfg;
+    return 0;
+}
+
+struct rl_config *
+rl_config_ref(struct rl_config *cfg)
+{
+    if (cfg != NULL)
+        cfg->refs++;
+    return cfg;
+}
+
+void
+rl_config_unref(struct rl_config *cfg)
+{
+    if (cfg != NULL && --cfg->refs == 0)
+        config_free(cfg);
+}

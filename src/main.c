@@ -1,5 +1,231 @@
-int
-main(void)
+/*
+ * main.c - the composition root: command line, configuration, TLS
+ * snapshot, listeners, privilege drop, signals and the shutdown order.
+ * No protocol work happens here.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "relabel/config.h"
+#include "relabel/ctx.h"
+#include "relabel/listener.h"
+#include "relabel/log.h"
+#include "relabel/session.h"
+#include "relabel/snapshot.h"
+#include "version.h"
+
+struct main_state {
+    struct rl_ctx ctx;
+    struct rl_listeners *listeners;
+    uv_signal_t sigint;
+    uv_signal_t sigterm;
+};
+
+static void
+main_usage(FILE *out)
 {
+    fprintf(out, "usage: relabel [-c FILE] [--check] [--version] [--help]\n"
+                 "\n"
+                 "A branded TLS front end for a mail provider's SMTP service.\n"
+                 "\n"
+                 "  -c, --config FILE  configuration file (default /etc/relabel/relabel.ini)\n"
+                 "  -t, --check        validate the configuration, certificates and keys,\n"
+                 "                     print what would run, and exit\n"
+                 "  -V, --version      print the version and exit\n"
+                 "  -h, --help         print this help and exit\n"
+                 "\n"
+                 "relabel runs in the foreground and logs to standard error.\n"
+                 "SIGTERM or SIGINT stops it.\n");
+}
+
+static const char *
+main_tls_mode(enum rl_tls_mode m)
+{
+    return m == RL_TLS_IMPLICIT ? "implicit" : "starttls";
+}
+
+static void
+main_print_summary(const struct rl_config *cfg)
+{
+    printf("%s: configuration ok\n", cfg->path);
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct rl_listener_conf *lc = &cfg->listeners[i];
+
+        printf("  listener %s: tls %s%s, brand %s, on", lc->name, main_tls_mode(lc->tls),
+               lc->tls == RL_TLS_STARTTLS ? (lc->require_tls ? " (required)" : " (optional)") : "",
+               lc->brand->name);
+        for (size_t j = 0; j < lc->naddrs; j++)
+            printf("%s %s", j ? "," : "", lc->addrs[j].text);
+        printf("\n");
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct rl_upstream_conf *u = &cfg->upstreams[i];
+
+        printf("  upstream %s: %s:%u tls %s, verify %s against %s", u->name, u->host, u->port,
+               main_tls_mode(u->tls), u->verify_name, u->ca_file ? u->ca_file : "system CAs");
+        if (u->max_message_size)
+            printf(", max message %llu bytes", (unsigned long long)u->max_message_size);
+        printf("\n");
+    }
+}
+
+/* Drops root after the sockets are bound and the keys are read. */
+static int
+main_drop_privileges(const struct rl_config *cfg)
+{
+    struct passwd *pw;
+    gid_t gid;
+
+    if (cfg->user == NULL)
+        return 0;
+    errno = 0;
+    pw = getpwnam(cfg->user);
+    if (pw == NULL) {
+        rl_log(RL_LOG_ERROR, "user %s: %s", cfg->user, errno ? strerror(errno) : "no such user");
+        return -1;
+    }
+    gid = pw->pw_gid;
+    if (cfg->group != NULL) {
+        struct group *gr = getgrnam(cfg->group);
+
+        if (gr == NULL) {
+            rl_log(RL_LOG_ERROR, "group %s: no such group", cfg->group);
+            return -1;
+        }
+        gid = gr->gr_gid;
+    }
+    if (getuid() == pw->pw_uid && getgid() == gid)
+        return 0;
+    if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+        rl_log(RL_LOG_ERROR, "cannot switch to user %s: %s", cfg->user, strerror(errno));
+        return -1;
+    }
+    /* Regaining root must be impossible now. */
+    if (pw->pw_uid != 0 && setuid(0) == 0) {
+        rl_log(RL_LOG_ERROR, "privileges could be regained after dropping them");
+        return -1;
+    }
+    rl_log(RL_LOG_INFO, "running as user %s", cfg->user);
     return 0;
+}
+
+static void
+main_on_signal(uv_signal_t *sig, int signum)
+{
+    struct main_state *m = sig->data;
+
+    if (m->ctx.stopping)
+        return;
+    m->ctx.stopping = true;
+    rl_log(RL_LOG_INFO, "received %s, shutting down sessions=%lu", strsignal(signum),
+           m->ctx.nsessions);
+    if (m->listeners != NULL) {
+        rl_listeners_close(m->listeners);
+        m->listeners = NULL;
+    }
+    rl_session_shutdown_all(&m->ctx);
+    uv_close((uv_handle_t *)&m->sigint, NULL);
+    uv_close((uv_handle_t *)&m->sigterm, NULL);
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *path = "/etc/relabel/relabel.ini";
+    struct rl_config *cfg = NULL;
+    struct rl_snapshot *snap;
+    struct main_state m;
+    uv_loop_t loop;
+    bool check = false;
+    int rc;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            if (++i == argc) {
+                fprintf(stderr, "relabel: %s needs a file name\n", a);
+                return 2;
+            }
+            path = argv[i];
+        } else if (strncmp(a, "--config=", 9) == 0) {
+            path = a + 9;
+        } else if (strcmp(a, "-t") == 0 || strcmp(a, "--check") == 0) {
+            check = true;
+        } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            printf("relabel %s\n", RELABEL_VERSION);
+            return 0;
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            main_usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "relabel: unknown argument '%s'\n", a);
+            main_usage(stderr);
+            return 2;
+        }
+    }
+
+    rc = rl_config_load(path, stderr, &cfg);
+    if (rc != 0) {
+        fprintf(stderr, "relabel: %d problem%s in %s\n", rc, rc == 1 ? "" : "s", path);
+        return 1;
+    }
+    rl_log_setup(cfg->log_level, cfg->log_format == RL_LOG_JSON);
+
+    if (check)
+        main_print_summary(cfg);
+    snap = rl_snapshot_build(cfg, stderr, check ? stdout : NULL);
+    rl_config_unref(cfg);
+    if (snap == NULL) {
+        fprintf(stderr, "relabel: %s: certificate or key problems, not started\n", path);
+        return 1;
+    }
+    if (check) {
+        rl_snapshot_unref(snap);
+        return 0;
+    }
+
+    /* A client that vanishes must cost an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    memset(&m, 0, sizeof(m));
+    uv_loop_init(&loop);
+    m.ctx.loop = &loop;
+    m.ctx.snap = snap;
+    if (uv_random(NULL, NULL, &m.ctx.id_seed, sizeof(m.ctx.id_seed), 0, NULL) < 0)
+        m.ctx.id_seed = (uint64_t)getpid() * 0x100000001b3ULL ^ (uint64_t)uv_hrtime();
+
+    rc = rl_listeners_open(&m.ctx, snap->cfg, stderr, &m.listeners);
+    if (rc < 0 || main_drop_privileges(snap->cfg) < 0) {
+        if (m.listeners != NULL)
+            rl_listeners_close(m.listeners);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        rl_snapshot_unref(snap);
+        return 1;
+    }
+
+    uv_signal_init(&loop, &m.sigint);
+    uv_signal_init(&loop, &m.sigterm);
+    m.sigint.data = m.sigterm.data = &m;
+    uv_signal_start(&m.sigint, main_on_signal, SIGINT);
+    uv_signal_start(&m.sigterm, main_on_signal, SIGTERM);
+
+    rl_log(RL_LOG_INFO, "relabel ready version=%s config=%s listeners=%zu pid=%ld", RELABEL_VERSION,
+           path, snap->cfg->nlisteners, (long)getpid());
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    rc = uv_loop_close(&loop);
+    if (rc != 0)
+        rl_log(RL_LOG_ERROR, "event loop closed with handles open: %s", uv_strerror(rc));
+    m.ctx.snap = NULL;
+    rl_snapshot_unref(snap);
+    rl_log(RL_LOG_INFO, "relabel stopped");
+    return rc == 0 ? 0 : 1;
 }

@@ -1,2 +1,1462 @@
-/* placeholder, being written */
+/*
+ * session.c - the per-connection state machine joining the client leg and
+ * the upstream leg.
+ *
+ * The client leg speaks to an SMTP client with the brand's name; the
+ * upstream leg is a verified TLS connection to the provider.  relabel
+ * answers locally only what must not reach the provider (the greeting, the
+ * pre-TLS dialogue, STARTTLS, QUIT's 221) and relays everything else, so
+ * every reply that matters (MAIL, RCPT, DATA, AUTH, the end of data) is the
+ * upstream's own.  Nothing is queued: a message is acknowledged only if the
+ * upstream acknowledged it.
+ *
+ * Client leg:    TLS_ACCEPT -> COMMAND <-> DATA, COMMAND -> STARTTLS ->
+ *                TLS_ACCEPT, COMMAND -> AUTH (one continuation line) ->
+ *                COMMAND, COMMAND -> DISCARD (over-long line) -> COMMAND
+ * Upstream leg:  RESOLVE -> CONNECT -> [TLS] -> GREETING -> [EHLO ->
+ *                STARTTLS -> TLS] -> READY; FAILED; ABORTED
+ *
+ * Pipelining (RFC 2920): relayed commands enter a FIFO; each complete
+ * upstream reply pops one entry and is answered to the client in order.
+ * Local answers given while relayed commands are pending are queued in the
+ * same FIFO so the order holds.  Parsing stops after a command whose reply
+ * changes how the following bytes are read (EHLO/HELO, DATA, AUTH and its
+ * continuations, QUIT, STARTTLS) until that reply has been relayed.
+ *
+ * The session never calls uv_* or mbedtls_* itself (only through conn and
+ * upstream) and never frees itself inside a callback: it is freed when the
+ * last of its conns reports RL_CONN_CLOSED.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "relabel/conn.h"
 #include "relabel/errors.h"
+#include "relabel/limits.h"
+#include "relabel/log.h"
+#include "relabel/session.h"
+#include "relabel/smtp.h"
+#include "relabel/snapshot.h"
+#include "relabel/tls.h"
+#include "relabel/upstream.h"
+
+#define CL_STATE_MAP(X)                                                                            \
+    X(TLS_ACCEPT)                                                                                  \
+    X(COMMAND)                                                                                     \
+    X(AUTH)                                                                                        \
+    X(DATA)                                                                                        \
+    X(DISCARD)                                                                                     \
+    X(STARTTLS)                                                                                    \
+    X(DONE)
+
+#define UP_STATE_MAP(X)                                                                            \
+    X(IDLE)                                                                                        \
+    X(RESOLVE)                                                                                     \
+    X(CONNECT)                                                                                     \
+    X(TLS)                                                                                         \
+    X(GREETING)                                                                                    \
+    X(EHLO)                                                                                        \
+    X(STARTTLS)                                                                                    \
+    X(TLS2)                                                                                        \
+    X(READY)                                                                                       \
+    X(FAILED)                                                                                      \
+    X(ABORTED)
+
+enum cl_state {
+#define SESSION_ENUM_CL(name) CL_##name,
+    CL_STATE_MAP(SESSION_ENUM_CL)
+#undef SESSION_ENUM_CL
+};
+
+enum up_state {
+#define SESSION_ENUM_UP(name) UP_##name,
+    UP_STATE_MAP(SESSION_ENUM_UP)
+#undef SESSION_ENUM_UP
+};
+
+static const char *const cl_state_names[] = {
+#define SESSION_STR(name) #name,
+    CL_STATE_MAP(SESSION_STR)};
+static const char *const up_state_names[] = {UP_STATE_MAP(SESSION_STR)
+#undef SESSION_STR
+};
+
+/* What a FIFO entry is waiting for.  Relayed commands use their verb;
+ * P_EOD is the end of a message; P_LOCAL entries carry relabel's own reply. */
+enum pending_kind { P_CMD, P_EOD, P_AUTH_CONT, P_LOCAL };
+
+struct pending {
+    enum pending_kind kind;
+    enum rl_smtp_verb verb;
+    const char *local; /* P_LOCAL: the reply, with CRLF, "%s" = hostname */
+    bool close_after;  /* P_LOCAL: close the session once it is sent */
+};
+
+/* Small writes are gathered into one buffer per leg and written once per
+ * event, so pipelined replies leave as one TLS record, not one each. */
+#define BATCH_MAX 16384
+
+struct batch {
+    struct rl_conn *c;
+    struct rl_buf b;
+};
+
+struct rl_session {
+    struct rl_ctx *ctx;
+    struct rl_snapshot *snap;
+    const struct rl_listener_conf *lc;
+    const struct rl_brand_conf *brand;
+    const struct rl_upstream_conf *uc;
+    struct rl_session *next, *prev;
+    char id[17];
+
+    struct rl_conn *cl;
+    struct rl_conn *up;
+    int nconns; /* conns not yet CLOSED, including failed attempts */
+    struct batch cl_out;
+    struct batch up_out;
+
+    enum cl_state cl_state;
+    enum up_state up_state;
+    bool closing;
+    bool cl_tls;          /* the client leg is encrypted */
+    bool relay;           /* commands go upstream (TLS done, or require_tls = no) */
+    bool up_started;      /* the upstream leg has been started */
+    bool data_abort;      /* the message being received is refused */
+    bool close_after;     /* close once the client output is flushed */
+    bool auth_plain_cont; /* last relayed AUTH was PLAIN without initial response */
+    bool auth_login_user; /* next AUTH LOGIN continuation is the user name */
+
+    struct rl_upstream_req *resolve;
+    struct rl_upstream_addrs addrs;
+    size_t next_addr;
+
+    struct pending fifo[RL_PIPELINE_MAX];
+    size_t fifo_head, fifo_len;
+
+    struct rl_smtp_data data;
+
+    unsigned errors;
+    unsigned messages;
+    unsigned rcpts;
+    char mail_from[200];
+    const char *fail_reply; /* the 421 the client gets once the upstream failed */
+    char reason[240];
+    char up_peer[64]; /* the upstream address last connected */
+    uint64_t started_ms;
+};
+
+static void session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg);
+static void session_client_process(struct rl_session *s);
+static void session_close(struct rl_session *s, const char *why);
+static void session_up_next_addr(struct rl_session *s);
+
+/* ---- small helpers -------------------------------------------------- */
+
+static uint64_t
+session_now_ms(struct rl_session *s)
+{
+    return uv_now(s->ctx->loop);
+}
+
+static void
+session_enter_cl(struct rl_session *s, enum cl_state st)
+{
+    rl_log(RL_LOG_DEBUG, "%s client state %s -> %s", s->id, cl_state_names[s->cl_state],
+           cl_state_names[st]);
+    s->cl_state = st;
+}
+
+static void
+session_enter_up(struct rl_session *s, enum up_state st)
+{
+    rl_log(RL_LOG_DEBUG, "%s upstream state %s -> %s", s->id, up_state_names[s->up_state],
+           up_state_names[st]);
+    s->up_state = st;
+}
+
+static const char *
+session_host(const struct rl_session *s)
+{
+    return s->brand->hostname;
+}
+
+static void
+batch_flush(struct batch *bt)
+{
+    if (bt->c != NULL && rl_buf_len(&bt->b) > 0 && !rl_conn_closing(bt->c))
+        rl_conn_write(bt->c, rl_buf_data(&bt->b), rl_buf_len(&bt->b));
+    rl_buf_reset(&bt->b, BATCH_MAX);
+}
+
+/* Queues bytes for a leg: small pieces are gathered, large ones written
+ * directly (after what was gathered, to keep the order). */
+static int
+batch_send(struct batch *bt, const char *p, size_t n)
+{
+    if (bt->c == NULL || rl_conn_closing(bt->c))
+        return RL_E_PROTO;
+    if (n > rl_buf_room(&bt->b))
+        batch_flush(bt);
+    if (n >= BATCH_MAX / 2)
+        return rl_conn_write(bt->c, p, n);
+    return rl_buf_append(&bt->b, p, n);
+}
+
+static void
+session_flush(struct rl_session *s)
+{
+    batch_flush(&s->up_out);
+    batch_flush(&s->cl_out);
+}
+
+/* Sends relabel's own reply to the client.  Every "%s" in text stands for
+ * the brand's hostname; nothing else is interpreted (the banner comes from
+ * the config and may hold any character). */
+static void
+session_reply(struct rl_session *s, const char *text)
+{
+    const char *host = session_host(s);
+    size_t hlen = strlen(host), n = 0;
+    char line[1024];
+
+    for (const char *p = text; *p != '\0' && n < sizeof(line) - 2; p++) {
+        if (p[0] == '%' && p[1] == 's' && n + hlen < sizeof(line) - 2) {
+            memcpy(line + n, host, hlen);
+            n += hlen;
+            p++;
+        } else {
+            line[n++] = *p;
+        }
+    }
+    if (line[0] >= '5')
+        s->errors++;
+    batch_send(&s->cl_out, line, n);
+}
+
+/* Answers and then closes once the answer is written. */
+static void
+session_reply_close(struct rl_session *s, const char *fmt, const char *why)
+{
+    session_reply(s, fmt);
+    session_close(s, why);
+}
+
+static bool
+fifo_full(const struct rl_session *s)
+{
+    return s->fifo_len == RL_PIPELINE_MAX;
+}
+
+static struct pending *
+fifo_head(struct rl_session *s)
+{
+    return s->fifo_len ? &s->fifo[s->fifo_head] : NULL;
+}
+
+static struct pending *
+fifo_tail(struct rl_session *s)
+{
+    return s->fifo_len ? &s->fifo[(s->fifo_head + s->fifo_len - 1) % RL_PIPELINE_MAX] : NULL;
+}
+
+static void
+fifo_push(struct rl_session *s, struct pending p)
+{
+    s->fifo[(s->fifo_head + s->fifo_len) % RL_PIPELINE_MAX] = p;
+    s->fifo_len++;
+}
+
+static void
+fifo_pop(struct rl_session *s)
+{
+    s->fifo_head = (s->fifo_head + 1) % RL_PIPELINE_MAX;
+    s->fifo_len--;
+}
+
+/* Sends the local replies now at the head of the FIFO. */
+static void
+session_fifo_locals(struct rl_session *s)
+{
+    struct pending *p;
+
+    while (!s->closing && (p = fifo_head(s)) != NULL && p->kind == P_LOCAL) {
+        const char *text = p->local;
+        bool close_after = p->close_after;
+
+        fifo_pop(s);
+        if (close_after)
+            session_reply_close(s, text, "protocol error");
+        else
+            session_reply(s, text);
+    }
+}
+
+/* A local answer in relay mode: in order behind the pending replies. */
+static void
+session_local(struct rl_session *s, const char *fmt, bool close_after)
+{
+    if (s->fifo_len == 0) {
+        if (close_after)
+            session_reply_close(s, fmt, "protocol error");
+        else
+            session_reply(s, fmt);
+        return;
+    }
+    fifo_push(s, (struct pending){.kind = P_LOCAL, .local = fmt, .close_after = close_after});
+}
+
+/* Commands whose reply decides how the bytes after them are read. */
+static bool
+session_blocked(struct rl_session *s)
+{
+    struct pending *t = fifo_tail(s);
+
+    if (t == NULL)
+        return false;
+    if (t->kind == P_AUTH_CONT)
+        return true;
+    if (t->kind != P_CMD)
+        return false;
+    switch (t->verb) {
+    case RL_SMTP_EHLO:
+    case RL_SMTP_HELO:
+    case RL_SMTP_DATA:
+    case RL_SMTP_AUTH:
+    case RL_SMTP_QUIT:
+    case RL_SMTP_STARTTLS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void
+session_set_client_timeout(struct rl_session *s)
+{
+    const struct rl_config *cfg = s->snap->cfg;
+    unsigned ms;
+
+    switch (s->cl_state) {
+    case CL_TLS_ACCEPT:
+        ms = cfg->handshake_timeout_ms;
+        break;
+    case CL_DATA:
+        ms = cfg->data_timeout_ms;
+        break;
+    default:
+        ms = cfg->command_timeout_ms;
+        break;
+    }
+    rl_conn_set_timeout(s->cl, ms);
+}
+
+/* The upstream owes a reply: it has upstream_timeout to give it. */
+static void
+session_set_upstream_timeout(struct rl_session *s)
+{
+    if (s->up == NULL || s->up_state != UP_READY)
+        return;
+    rl_conn_set_timeout(s->up, s->fifo_len ? s->snap->cfg->upstream_timeout_ms : 0);
+}
+
+/* ---- closing -------------------------------------------------------- */
+
+static void
+session_log_end(struct rl_session *s)
+{
+    struct rl_tls *ct = s->cl ? rl_conn_tls(s->cl) : NULL;
+    struct rl_tls *ut = s->up ? rl_conn_tls(s->up) : NULL;
+    char sni[300] = "-";
+
+    if (ct != NULL && rl_tls_sni(ct) != NULL) {
+        const char *v = rl_tls_sni(ct);
+
+        rl_log_escape(v, strlen(v), sni, sizeof(sni));
+    }
+    rl_log(RL_LOG_INFO,
+           "%s session end client=%s listener=%s brand=%s sni=%s tls=%s cipher=%s upstream=%s "
+           "up_tls=%s up_cipher=%s messages=%u in=%llu out=%llu duration=%.3fs reason=\"%s\"",
+           s->id, s->cl ? rl_conn_peer(s->cl) : "-", s->lc->name, s->brand->name, sni,
+           ct ? rl_tls_version(ct) : "none", ct ? rl_tls_cipher(ct) : "none",
+           s->up_peer[0] ? s->up_peer : "-", ut ? rl_tls_version(ut) : "none",
+           ut ? rl_tls_cipher(ut) : "none", s->messages, s->cl ? rl_conn_bytes_in(s->cl) : 0ULL,
+           s->cl ? rl_conn_bytes_out(s->cl) : 0ULL,
+           (double)(session_now_ms(s) - s->started_ms) / 1000.0, s->reason);
+}
+
+/*
+ * Ends the session: what is queued for the client is still written (the
+ * conn lingers briefly), the upstream is closed without an end of data if a
+ * message was in progress.  Memory goes in the last RL_CONN_CLOSED.
+ */
+static void
+session_close(struct rl_session *s, const char *why)
+{
+    if (s->closing)
+        return;
+    bool mid_message = s->cl_state == CL_DATA || s->data_abort;
+
+    s->closing = true;
+    snprintf(s->reason, sizeof(s->reason), "%s", why);
+    if (s->up != NULL && s->up_state == UP_READY && !mid_message && s->fifo_len == 0)
+        batch_send(&s->up_out, "QUIT\r\n", 6); /* courtesy; its reply is not awaited */
+    session_flush(s);
+    session_log_end(s);
+    session_enter_cl(s, CL_DONE);
+    if (s->resolve != NULL) {
+        rl_upstream_cancel(s->resolve);
+        s->resolve = NULL;
+    }
+    if (s->up != NULL) {
+        /* Mid-message the upstream must never see an end of data: drop the
+         * connection, so it discards what it has. */
+        if (mid_message || s->up_state != UP_READY)
+            rl_conn_abort(s->up);
+        else
+            rl_conn_close(s->up);
+    }
+    if (s->cl != NULL)
+        rl_conn_close(s->cl);
+}
+
+static void
+session_free(struct rl_session *s)
+{
+    struct rl_ctx *ctx = s->ctx;
+
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        ctx->sessions = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    ctx->nsessions--;
+    rl_buf_free(&s->cl_out.b);
+    rl_buf_free(&s->up_out.b);
+    rl_snapshot_unref(s->snap);
+    free(s);
+}
+
+/* ---- upstream failures ---------------------------------------------- */
+
+/*
+ * The upstream leg is gone or never came up.  The client learns it with a
+ * 421 at once if it is waiting for an answer (or in the middle of a
+ * message), otherwise at its next command.  Never a 2xx, never a fallback.
+ */
+static void
+session_up_fail(struct rl_session *s, const char *reply, const char *what)
+{
+    char why[200];
+
+    if (s->closing || s->up_state == UP_FAILED)
+        return;
+    snprintf(why, sizeof(why), "upstream: %s", what);
+    rl_log(RL_LOG_WARN, "%s upstream failed state=%s host=%s reason=\"%s\"", s->id,
+           up_state_names[s->up_state], s->uc->host, what);
+    session_enter_up(s, UP_FAILED);
+    s->fail_reply = reply;
+    if (s->up != NULL) {
+        rl_conn_abort(s->up);
+        s->up = NULL;
+        s->up_out.c = NULL;
+    }
+    if (s->fifo_len > 0 || s->cl_state == CL_DATA || rl_buf_len(rl_conn_in(s->cl)) > 0)
+        session_reply_close(s, reply, why);
+    else
+        snprintf(s->reason, sizeof(s->reason), "%s", why);
+}
+
+static const char REPLY_UP_UNAVAILABLE[] =
+    "421 4.4.1 %s Mail service temporarily unavailable, closing connection\r\n";
+static const char REPLY_UP_LOST[] =
+    "421 4.4.2 %s Connection to the mail service lost, closing connection\r\n";
+static const char REPLY_UP_TLS[] =
+    "421 4.7.0 %s Mail service could not be verified, closing connection\r\n";
+
+/* ---- upstream establishment ----------------------------------------- */
+
+static void
+session_on_resolved(void *arg, int status, const struct rl_upstream_addrs *addrs)
+{
+    struct rl_session *s = arg;
+    char why[160];
+
+    s->resolve = NULL;
+    if (status < 0) {
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", s->uc->host, uv_strerror(status));
+        session_up_fail(s, REPLY_UP_UNAVAILABLE, why);
+        return;
+    }
+    s->addrs = *addrs;
+    s->next_addr = 0;
+    session_up_next_addr(s);
+    session_flush(s);
+}
+
+/* Connects to the next address; when none is left the upstream failed. */
+static void
+session_up_next_addr(struct rl_session *s)
+{
+    struct rl_conn *c;
+    int rc;
+
+    if (s->up != NULL) {
+        rl_conn_abort(s->up);
+        s->up = NULL;
+        s->up_out.c = NULL;
+    }
+    if (s->next_addr >= s->addrs.n) {
+        session_up_fail(s, REPLY_UP_UNAVAILABLE, s->reason[0] ? s->reason : "no address left");
+        return;
+    }
+    c = rl_conn_new(s->ctx->loop, session_on_event, s);
+    if (c == NULL) {
+        session_up_fail(s, REPLY_UP_UNAVAILABLE, "out of memory");
+        return;
+    }
+    s->nconns++;
+    s->up = c;
+    s->up_out.c = c;
+    session_enter_up(s, UP_CONNECT);
+    rl_conn_set_timeout(c, s->snap->cfg->upstream_connect_timeout_ms);
+    rc = rl_conn_connect(c, (const struct sockaddr *)&s->addrs.a[s->next_addr++]);
+    if (rc < 0) {
+        snprintf(s->reason, sizeof(s->reason), "connect: %s", uv_strerror(rc));
+        session_up_next_addr(s);
+    }
+}
+
+static void
+session_up_start(struct rl_session *s)
+{
+    int err = 0;
+
+    if (s->up_started)
+        return;
+    s->up_started = true;
+    session_enter_up(s, UP_RESOLVE);
+    s->resolve = rl_upstream_resolve(s->ctx->loop, s->uc, session_on_resolved, s, &err);
+    if (s->resolve == NULL)
+        session_up_fail(s, REPLY_UP_UNAVAILABLE, rl_strerror(err));
+}
+
+static void
+session_up_start_tls(struct rl_session *s, enum up_state next)
+{
+    int rc;
+
+    session_enter_up(s, next);
+    rl_conn_set_timeout(s->up, s->snap->cfg->upstream_connect_timeout_ms);
+    rc = rl_conn_start_tls(s->up, rl_snapshot_upstream_tls(s->snap, s->uc), s->uc->verify_name);
+    if (rc < 0)
+        session_up_fail(s, REPLY_UP_TLS, rl_strerror(rc));
+}
+
+static void
+session_up_send_line(struct rl_session *s, const char *line)
+{
+    batch_send(&s->up_out, line, strlen(line));
+    batch_flush(&s->up_out);
+}
+
+/* The upstream is encrypted, verified and waiting for the client's EHLO. */
+static void
+session_up_ready(struct rl_session *s)
+{
+    struct rl_tls *t = rl_conn_tls(s->up);
+
+    session_enter_up(s, UP_READY);
+    rl_conn_set_timeout(s->up, 0);
+    rl_log(RL_LOG_DEBUG, "%s upstream ready peer=%s tls=%s cipher=%s", s->id, rl_conn_peer(s->up),
+           rl_tls_version(t), rl_tls_cipher(t));
+    session_client_process(s);
+}
+
+/*
+ * Replies during establishment: the greeting, our EHLO, our STARTTLS.
+ * None of them is ever shown to the client.
+ */
+static void
+session_up_setup_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+{
+    char why[200], text[80];
+    size_t off = 0, tlen = 0;
+    const char *t = NULL;
+    bool last;
+
+    rl_smtp_reply_line(p, r->len, &off, &t, &tlen, &last);
+    rl_log_escape(t, tlen < 60 ? tlen : 60, text, sizeof(text));
+    switch (s->up_state) {
+    case UP_GREETING:
+        if (r->code != 220) {
+            snprintf(why, sizeof(why), "greeting %d %s", r->code, text);
+            session_up_fail(s, REPLY_UP_UNAVAILABLE, why);
+            return;
+        }
+        if (s->uc->tls == RL_TLS_IMPLICIT) {
+            session_up_ready(s);
+            return;
+        }
+        snprintf(why, sizeof(why), "EHLO %s\r\n",
+                 s->uc->helo_name ? s->uc->helo_name : session_host(s));
+        session_enter_up(s, UP_EHLO);
+        rl_conn_set_timeout(s->up, s->snap->cfg->upstream_timeout_ms);
+        session_up_send_line(s, why);
+        return;
+    case UP_EHLO: {
+        uint64_t size = 0;
+
+        if (r->code != 250) {
+            snprintf(why, sizeof(why), "EHLO refused: %d %s", r->code, text);
+            session_up_fail(s, REPLY_UP_UNAVAILABLE, why);
+            return;
+        }
+        if (!(rl_smtp_ehlo_caps(p, r->len, &size) & RL_EHLO_STARTTLS)) {
+            /* Fail closed: never a plaintext upstream. */
+            session_up_fail(s, REPLY_UP_TLS, "STARTTLS not offered");
+            return;
+        }
+        session_enter_up(s, UP_STARTTLS);
+        session_up_send_line(s, "STARTTLS\r\n");
+        return;
+    }
+    case UP_STARTTLS:
+        if (r->code != 220) {
+            snprintf(why, sizeof(why), "STARTTLS refused: %d %s", r->code, text);
+            session_up_fail(s, REPLY_UP_TLS, why);
+            return;
+        }
+        if (rl_buf_len(rl_conn_in(s->up)) > 0) {
+            /* Response injection: bytes after the 220 would be read as
+             * if they came through TLS. */
+            session_up_fail(s, REPLY_UP_TLS, "data after STARTTLS reply (response injection)");
+            return;
+        }
+        session_up_start_tls(s, UP_TLS2);
+        return;
+    default:
+        snprintf(why, sizeof(why), "unexpected reply %d in state %s", r->code,
+                 up_state_names[s->up_state]);
+        session_up_fail(s, REPLY_UP_LOST, why);
+        return;
+    }
+}
+
+/* ---- relaying replies ------------------------------------------------ */
+
+/* Relays a reply with the provider's names hidden in every line. */
+static void
+session_relay_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+{
+    const char *const *names = (const char *const *)s->uc->hide;
+    char line[RL_SMTP_REPLY_MAX];
+    size_t off = 0, tlen, n;
+    const char *text;
+    bool last;
+
+    while (rl_smtp_reply_line(p, r->len, &off, &text, &tlen, &last)) {
+        n = (size_t)snprintf(line, sizeof(line), "%03d%c", r->code, last ? ' ' : '-');
+        n += rl_smtp_hide(text, tlen, names, s->uc->nhide, session_host(s), line + n,
+                          sizeof(line) - n - 2);
+        line[n++] = '\r';
+        line[n++] = '\n';
+        batch_send(&s->cl_out, line, n);
+    }
+    if (r->code >= 500)
+        s->errors++;
+}
+
+static void
+session_relay_ehlo(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+{
+    struct rl_smtp_ehlo_opts o = {
+        .hostname = session_host(s),
+        /* Offered before TLS on a STARTTLS listener (require_tls = no). */
+        .starttls = s->lc->tls == RL_TLS_STARTTLS && !s->cl_tls,
+        /* Relay mode in plaintext exists only with require_tls = no, where
+         * old clients must still log in during the migration. */
+        .auth = true,
+        .size_cap = s->uc->max_message_size,
+    };
+    char out[RL_SMTP_REPLY_MAX];
+    size_t n = 0;
+
+    if (rl_smtp_ehlo_render(p, r->len, &o, out, sizeof(out), &n) != RL_SMTP_OK) {
+        session_relay_reply(s, r, p);
+        return;
+    }
+    batch_send(&s->cl_out, out, n);
+}
+
+static void
+session_log_message(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+{
+    const char *const *names = (const char *const *)s->uc->hide;
+    char hidden[200], text[240];
+    size_t off = 0, tlen = 0, n;
+    const char *t = NULL;
+    bool last;
+
+    rl_smtp_reply_line(p, r->len, &off, &t, &tlen, &last);
+    n = rl_smtp_hide(t, tlen, names, s->uc->nhide, session_host(s), hidden, sizeof(hidden));
+    rl_log_escape(hidden, n, text, sizeof(text));
+    rl_log(RL_LOG_INFO, "%s message from=<%s> rcpts=%u size=%" PRIu64 " result=\"%d %s\"", s->id,
+           s->mail_from, s->rcpts, s->data.size, r->code, text);
+}
+
+/* An upstream reply answers the command at the head of the FIFO. */
+static void
+session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+{
+    struct pending *head = fifo_head(s);
+    struct pending e;
+
+    if (head == NULL || head->kind == P_LOCAL) {
+        /* Nothing asked: a reply we cannot pair would shift every later
+         * answer onto the wrong command. */
+        session_up_fail(s, REPLY_UP_LOST, "unsolicited reply");
+        return;
+    }
+    e = *head;
+    fifo_pop(s);
+
+    if (e.kind == P_EOD) {
+        session_log_message(s, r, p);
+        if (r->code / 100 == 2)
+            s->messages++;
+        s->rcpts = 0;
+        s->mail_from[0] = '\0';
+        session_relay_reply(s, r, p);
+    } else if (e.kind == P_AUTH_CONT || e.verb == RL_SMTP_AUTH) {
+        if (r->code == 334) {
+            s->cl_state = CL_AUTH;
+            if (s->auth_plain_cont) {
+                /* RFC 4954 §4: the challenge is base64; for PLAIN it is
+                 * empty.  Some providers send prose here ("Go ahead"),
+                 * which strict clients try to decode. */
+                batch_send(&s->cl_out, "334 \r\n", 6);
+                s->auth_plain_cont = false;
+            } else {
+                session_relay_reply(s, r, p);
+            }
+        } else {
+            s->auth_plain_cont = s->auth_login_user = false;
+            if (r->code == 235)
+                rl_log(RL_LOG_INFO, "%s client authenticated", s->id);
+            else
+                rl_log(RL_LOG_INFO, "%s client authentication failed code=%d", s->id, r->code);
+            session_relay_reply(s, r, p);
+        }
+    } else {
+        switch (e.verb) {
+        case RL_SMTP_EHLO:
+            if (r->code == 250)
+                session_relay_ehlo(s, r, p);
+            else
+                session_relay_reply(s, r, p);
+            break;
+        case RL_SMTP_HELO:
+            if (r->code == 250)
+                session_reply(s, "250 %s\r\n");
+            else
+                session_relay_reply(s, r, p);
+            break;
+        case RL_SMTP_QUIT:
+            session_reply_close(s, "221 2.0.0 %s closing connection\r\n", "quit");
+            return;
+        case RL_SMTP_DATA:
+            session_relay_reply(s, r, p);
+            if (r->code == 354) {
+                rl_smtp_data_init(&s->data, s->snap->cfg->bare_newline_reject,
+                                  s->uc->max_message_size);
+                s->data_abort = false;
+                session_enter_cl(s, CL_DATA);
+                session_set_client_timeout(s);
+            } else if (rl_buf_len(rl_conn_in(s->cl)) > 0) {
+                /* The client sent its message before the 354: without it
+                 * those bytes would be read as commands. */
+                session_reply_close(s, "554 5.5.0 %s Message sent before the go-ahead, closing\r\n",
+                                    "data before 354");
+                return;
+            }
+            break;
+        case RL_SMTP_RCPT:
+            if (r->code / 100 == 2)
+                s->rcpts++;
+            session_relay_reply(s, r, p);
+            break;
+        case RL_SMTP_RSET:
+            s->rcpts = 0;
+            s->mail_from[0] = '\0';
+            session_relay_reply(s, r, p);
+            break;
+        default:
+            session_relay_reply(s, r, p);
+            break;
+        }
+    }
+    if (r->code == 421) {
+        /* RFC 5321 §3.8: the upstream is closing; so does the session. */
+        session_close(s, "upstream sent 421");
+        return;
+    }
+    session_fifo_locals(s);
+}
+
+/* Parses every complete reply in the upstream's input. */
+static void
+session_up_data(struct rl_session *s)
+{
+    struct rl_buf *in = rl_conn_in(s->up);
+
+    while (!s->closing && s->up != NULL && rl_buf_len(in) > 0) {
+        struct rl_smtp_reply r;
+        const char *p = rl_buf_data(in);
+        int rc = rl_smtp_reply_parse(p, rl_buf_len(in), RL_SMTP_REPLY_MAX, &r);
+
+        if (rc == RL_SMTP_MORE)
+            break;
+        if (rc < 0) {
+            session_up_fail(s, REPLY_UP_LOST, "malformed reply");
+            break;
+        }
+        /* Consumed before it is handled: the bytes stay valid until the
+         * next read, and STARTTLS needs an empty buffer to begin TLS. */
+        rl_buf_consume(in, r.len);
+        if (s->up_state == UP_READY) {
+            session_up_reply(s, &r, p);
+            continue;
+        }
+        session_up_setup_reply(s, &r, p);
+        if (s->up_state != UP_GREETING && s->up_state != UP_EHLO && s->up_state != UP_STARTTLS &&
+            s->up_state != UP_READY)
+            break;
+    }
+    if (s->closing)
+        return;
+    if (s->up != NULL)
+        rl_conn_consumed(s->up);
+    session_set_upstream_timeout(s);
+    if (s->up_state == UP_READY)
+        session_client_process(s);
+}
+
+/* ---- client commands -------------------------------------------------- */
+
+/* Decodes standard base64 into out; returns the length or -1. */
+static long
+session_b64_decode(const char *p, size_t len, char *out, size_t cap)
+{
+    unsigned acc = 0, bits = 0;
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        const char *tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const char *q;
+
+        if (p[i] == '=')
+            break;
+        q = memchr(tbl, p[i], 64);
+        if (q == NULL)
+            return -1;
+        acc = (acc << 6) | (unsigned)(q - tbl);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n >= cap)
+                return -1;
+            out[n++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    return (long)n;
+}
+
+/* Drop-in migration: a plaintext login is logged with the user name (never
+ * the password) so the operator sees who still has to move to TLS. */
+static void
+session_log_plain_auth(struct rl_session *s, const char *b64, size_t len, bool plain)
+{
+    char raw[512], user[200];
+    long n;
+    const char *u;
+    size_t ulen;
+
+    n = session_b64_decode(b64, len, raw, sizeof(raw));
+    if (n < 0)
+        n = 0;
+    u = raw;
+    ulen = (size_t)n;
+    if (plain) {
+        /* authzid NUL authcid NUL passwd: keep authcid only. */
+        const char *z1 = memchr(raw, '\0', (size_t)n);
+        const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t)(raw + n - z1 - 1)) : NULL;
+
+        u = z1 ? z1 + 1 : raw;
+        ulen = z2 ? (size_t)(z2 - u) : 0;
+    }
+    rl_log_escape(u, ulen, user, sizeof(user));
+    rl_log(RL_LOG_WARN, "%s plaintext AUTH user=\"%s\" client=%s listener=%s", s->id, user,
+           rl_conn_peer(s->cl), s->lc->name);
+}
+
+static void
+session_relay_line(struct rl_session *s, const char *line, size_t len)
+{
+    batch_send(&s->up_out, line, len);
+    batch_send(&s->up_out, "\r\n", 2);
+}
+
+/* The pre-TLS dialogue on a STARTTLS listener with require_tls = yes:
+ * answered here, nothing reaches the upstream (RFC 3207 §4). */
+static void
+session_local_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
+{
+    switch (cmd->verb) {
+    case RL_SMTP_EHLO:
+        session_reply(s, "250-%s\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                         "250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n");
+        break;
+    case RL_SMTP_HELO:
+        session_reply(s, "250 %s\r\n");
+        break;
+    case RL_SMTP_NOOP:
+    case RL_SMTP_RSET:
+        session_reply(s, "250 2.0.0 OK\r\n");
+        break;
+    case RL_SMTP_QUIT:
+        session_reply_close(s, "221 2.0.0 %s closing connection\r\n", "quit");
+        break;
+    default:
+        session_reply(s, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+        break;
+    }
+}
+
+/* STARTTLS from a plaintext client.  Returns false if the session ended. */
+static bool
+session_client_starttls(struct rl_session *s)
+{
+    int rc;
+
+    if (rl_buf_len(rl_conn_in(s->cl)) > 0) {
+        /* CVE-2011-0411 class: bytes pipelined after STARTTLS must never be
+         * executed, neither now in plaintext nor later as if encrypted. */
+        session_reply_close(s, "554 5.5.1 %s Data after STARTTLS refused, closing\r\n",
+                            "data after STARTTLS (injection attempt)");
+        return false;
+    }
+    if (s->fifo_len > 0) {
+        session_local(s, "503 5.5.1 STARTTLS must not be pipelined\r\n", false);
+        return true;
+    }
+    session_reply(s, "220 2.0.0 Ready to start TLS\r\n");
+    batch_flush(&s->cl_out);
+    session_enter_cl(s, CL_STARTTLS);
+    rc = rl_conn_start_tls(s->cl, rl_snapshot_brand_tls(s->snap, s->brand), NULL);
+    if (rc < 0) {
+        session_close(s, "cannot start TLS");
+        return false;
+    }
+    session_enter_cl(s, CL_TLS_ACCEPT);
+    session_set_client_timeout(s);
+    return false;
+}
+
+/* One command in relay mode.  Returns false to stop parsing. */
+static bool
+session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
+{
+    switch (cmd->verb) {
+    case RL_SMTP_STARTTLS:
+        if (s->cl_tls) {
+            session_local(s, "503 5.5.1 TLS already active\r\n", false);
+            return true;
+        }
+        return session_client_starttls(s);
+    case RL_SMTP_BDAT:
+        /* CHUNKING is never offered; the chunk that follows cannot be
+         * told apart from commands, so the session cannot continue. */
+        session_local(s, "502 5.5.1 BDAT not supported, closing\r\n", true);
+        return false;
+    case RL_SMTP_AUTH:
+        if (!s->cl_tls) {
+            const char *sp = memchr(cmd->arg, ' ', cmd->arg_len);
+
+            if (cmd->arg_len >= 5 && strncasecmp(cmd->arg, "PLAIN", 5) == 0 && sp != NULL)
+                session_log_plain_auth(s, sp + 1, cmd->arg_len - (size_t)(sp + 1 - cmd->arg), true);
+            else if (cmd->arg_len >= 5 && strncasecmp(cmd->arg, "LOGIN", 5) == 0 && sp != NULL)
+                session_log_plain_auth(s, sp + 1, cmd->arg_len - (size_t)(sp + 1 - cmd->arg),
+                                       false);
+            else if (cmd->arg_len >= 5 && strncasecmp(cmd->arg, "LOGIN", 5) == 0)
+                s->auth_login_user = true;
+        }
+        s->auth_plain_cont = cmd->arg_len == 5 && strncasecmp(cmd->arg, "PLAIN", 5) == 0;
+        /* The AUTH line carries credentials: it is relayed, never logged. */
+        rl_log(RL_LOG_DEBUG, "%s client AUTH relayed", s->id);
+        break;
+    case RL_SMTP_MAIL: {
+        const char *lt = memchr(cmd->arg, '<', cmd->arg_len);
+        const char *gt = lt ? memchr(lt, '>', (size_t)(cmd->arg + cmd->arg_len - lt)) : NULL;
+
+        if (lt != NULL && gt != NULL)
+            rl_log_escape(lt + 1, (size_t)(gt - lt - 1), s->mail_from, sizeof(s->mail_from));
+        s->rcpts = 0;
+        rl_log(RL_LOG_DEBUG, "%s client MAIL from=<%s>", s->id, s->mail_from);
+        break;
+    }
+    default: {
+        char esc[120];
+
+        rl_log(
+            RL_LOG_DEBUG, "%s client %s", s->id,
+            rl_log_escape(cmd->line, cmd->line_len < 100 ? cmd->line_len : 100, esc, sizeof(esc)));
+        break;
+    }
+    }
+    session_relay_line(s, cmd->line, cmd->line_len);
+    fifo_push(s, (struct pending){.kind = P_CMD, .verb = cmd->verb});
+    return true;
+}
+
+static int
+session_data_emit(void *arg, const char *p, size_t n)
+{
+    struct rl_session *s = arg;
+
+    return batch_send(&s->up_out, p, n);
+}
+
+/* Message body bytes: scanned and streamed upstream, never re-buffered. */
+static bool
+session_client_data(struct rl_session *s, struct rl_buf *in)
+{
+    bool done = false;
+    long used;
+    int err_before = s->data.error;
+
+    used =
+        rl_smtp_data_scan(&s->data, rl_buf_data(in), rl_buf_len(in), session_data_emit, s, &done);
+    if (used < 0) {
+        session_up_fail(s, REPLY_UP_LOST, "write failed");
+        return false;
+    }
+    rl_buf_consume(in, (size_t)used);
+    if (s->data.error != 0 && err_before == 0) {
+        /* The message is refused: the upstream must never see its end, so
+         * its connection is dropped now (it discards the partial message);
+         * the client is answered when its own end of data arrives. */
+        rl_log(RL_LOG_INFO, "%s message refused from=<%s> reason=\"%s\"", s->id, s->mail_from,
+               rl_strerror(s->data.error));
+        s->data_abort = true;
+        if (s->up != NULL) {
+            rl_buf_reset(&s->up_out.b, BATCH_MAX);
+            rl_conn_abort(s->up);
+            s->up = NULL;
+            s->up_out.c = NULL;
+        }
+        session_enter_up(s, UP_ABORTED);
+    }
+    if (!done)
+        return false;
+    session_enter_cl(s, CL_COMMAND);
+    session_set_client_timeout(s);
+    if (s->data_abort) {
+        switch (s->data.error) {
+        case RL_E_TOO_BIG:
+            session_reply_close(s, "552 5.3.4 %s Message too big, closing\r\n", "message too big");
+            break;
+        case RL_E_NUL:
+            session_reply_close(s, "554 5.6.0 %s Message contains NUL bytes, closing\r\n",
+                                "NUL in message");
+            break;
+        default:
+            session_reply_close(s,
+                                "554 5.6.0 %s Message contains bare CR or LF line endings, "
+                                "closing\r\n",
+                                "bare CR/LF in message");
+            break;
+        }
+        return false;
+    }
+    fifo_push(s, (struct pending){.kind = P_EOD});
+    return true;
+}
+
+/* After an over-long line: true if its end has not arrived yet, so the
+ * bytes up to the next LF must still be discarded. */
+static bool
+session_skip_rest(struct rl_session *s, int rc, size_t used)
+{
+    return rc == RL_E_LINE_TOO_LONG &&
+           (used == 0 || rl_buf_data(rl_conn_in(s->cl))[used - 1] != '\n');
+}
+
+/*
+ * Works through the client's input as far as the protocol allows: commands
+ * until one must be answered first, message bytes while the upstream keeps
+ * up.  Called on client data, on upstream replies and when the upstream
+ * drains.
+ */
+static void
+session_client_process(struct rl_session *s)
+{
+    const struct rl_config *cfg = s->snap->cfg;
+    struct rl_buf *in;
+
+    if (s->closing || s->cl == NULL)
+        return;
+    in = rl_conn_in(s->cl);
+    while (!s->closing && rl_buf_len(in) > 0) {
+        struct rl_smtp_cmd cmd;
+        const char *line;
+        size_t line_len, used = 0;
+        int rc;
+
+        if (s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS || s->cl_state == CL_DONE)
+            break;
+        if (s->relay && s->up_state == UP_FAILED) {
+            session_reply_close(s, s->fail_reply, s->reason);
+            break;
+        }
+        if (s->relay && s->up_state != UP_READY && s->up_state != UP_ABORTED) {
+            session_up_start(s); /* waits for the upstream; resumed when ready */
+            break;
+        }
+        if (s->up != NULL && rl_conn_write_blocked(s->up)) {
+            /* Backpressure: resumed on the upstream's DRAINED. */
+            rl_conn_pause(s->cl);
+            break;
+        }
+        if (s->cl_state == CL_DATA) {
+            if (!session_client_data(s, in))
+                break;
+            continue;
+        }
+        if (s->cl_state == CL_DISCARD) {
+            const char *lf = memchr(rl_buf_data(in), '\n', rl_buf_len(in));
+
+            if (lf == NULL) {
+                rl_buf_consume(in, rl_buf_len(in));
+                break;
+            }
+            rl_buf_consume(in, (size_t)(lf - rl_buf_data(in)) + 1);
+            session_enter_cl(s, CL_COMMAND);
+            session_local(s, "500 5.5.2 Line too long\r\n", false);
+            continue;
+        }
+        if (session_blocked(s) || fifo_full(s))
+            break;
+        if (s->errors >= cfg->max_errors) {
+            /* Once the pending replies are out, so the order holds. */
+            if (s->fifo_len == 0)
+                session_reply_close(s, "421 4.7.0 %s Too many errors, closing connection\r\n",
+                                    "too many errors");
+            break;
+        }
+        if (s->cl_state == CL_AUTH) {
+            /* One response line of a SASL exchange (RFC 4954 §4): relayed
+             * as it is, never parsed as a command, never logged. */
+            rc = rl_smtp_line(rl_buf_data(in), rl_buf_len(in), cfg->max_line, &line, &line_len,
+                              &used);
+            if (rc == RL_SMTP_MORE)
+                break;
+            if (rc == RL_SMTP_OK && !s->cl_tls && s->auth_login_user) {
+                session_log_plain_auth(s, line, line_len, false);
+                s->auth_login_user = false;
+            }
+            /* A broken response line cancels the exchange ("*", RFC 4954
+             * §4) rather than being passed on. */
+            if (rc == RL_SMTP_OK)
+                session_relay_line(s, line, line_len);
+            else
+                session_relay_line(s, "*", 1);
+            session_enter_cl(s, session_skip_rest(s, rc, used) ? CL_DISCARD : CL_COMMAND);
+            rl_buf_consume(in, used);
+            fifo_push(s, (struct pending){.kind = P_AUTH_CONT});
+            continue;
+        }
+
+        rc = rl_smtp_cmd_parse(rl_buf_data(in), rl_buf_len(in), cfg->max_line, &cmd, &used);
+        if (rc == RL_SMTP_MORE)
+            break;
+        if (rc == RL_E_LINE_TOO_LONG) {
+            rl_log(RL_LOG_INFO, "%s client line too long max=%zu", s->id, cfg->max_line);
+            if (session_skip_rest(s, rc, used)) {
+                rl_buf_consume(in, used);
+                session_enter_cl(s, CL_DISCARD);
+            } else {
+                rl_buf_consume(in, used);
+                session_local(s, "500 5.5.2 Line too long\r\n", false);
+            }
+            continue;
+        }
+        if (rc < 0) {
+            rl_log(RL_LOG_INFO, "%s client bad command line: %s", s->id, rl_strerror(rc));
+            rl_buf_consume(in, used);
+            session_local(s, "500 5.5.2 Invalid characters in command\r\n", false);
+            continue;
+        }
+        rl_buf_consume(in, used);
+        if (!s->relay) {
+            if (cmd.verb == RL_SMTP_STARTTLS) {
+                if (!session_client_starttls(s))
+                    break;
+                continue;
+            }
+            session_local_command(s, &cmd);
+        } else if (!session_relay_command(s, &cmd)) {
+            break;
+        }
+    }
+    if (s->closing)
+        return;
+    session_flush(s);
+    rl_conn_consumed(s->cl);
+    session_set_upstream_timeout(s);
+}
+
+/* ---- events ----------------------------------------------------------- */
+
+static void
+session_client_tls_ready(struct rl_session *s)
+{
+    struct rl_tls *t = rl_conn_tls(s->cl);
+    const char *sni = rl_tls_sni(t);
+    char esc[300];
+
+    s->cl_tls = true;
+    s->relay = true;
+    rl_log(RL_LOG_DEBUG, "%s client TLS %s %s sni=%s", s->id, rl_tls_version(t), rl_tls_cipher(t),
+           sni ? rl_log_escape(sni, strlen(sni), esc, sizeof(esc)) : "-");
+    if (s->cl_state == CL_TLS_ACCEPT && s->lc->tls == RL_TLS_IMPLICIT) {
+        char greet[300];
+
+        snprintf(greet, sizeof(greet), "220 %%s %.200s\r\n", s->snap->cfg->banner);
+        session_reply(s, greet);
+    }
+    /* RFC 3207 §4.2: after STARTTLS everything learnt before is forgotten;
+     * the client must send EHLO again.  Nothing was relayed before. */
+    session_enter_cl(s, CL_COMMAND);
+    session_set_client_timeout(s);
+    session_up_start(s);
+}
+
+static void
+session_client_event(struct rl_session *s, enum rl_conn_event ev)
+{
+    char why[300], msg[200];
+
+    switch (ev) {
+    case RL_CONN_TLS_READY:
+        session_client_tls_ready(s);
+        break;
+    case RL_CONN_DATA:
+        session_client_process(s);
+        break;
+    case RL_CONN_DRAINED:
+        /* The client reads again: replies may flow; nothing to resume,
+         * the upstream is never paused for the client's sake beyond its
+         * own input buffer. */
+        if (s->up != NULL && rl_conn_paused(s->up))
+            rl_conn_resume(s->up);
+        break;
+    case RL_CONN_EOF:
+        session_close(s, s->cl_state == CL_DATA ? "client closed during DATA" : "client closed");
+        break;
+    case RL_CONN_ERROR:
+        snprintf(why, sizeof(why), "client %s: %s",
+                 s->cl_state == CL_TLS_ACCEPT ? "TLS handshake failed" : "error",
+                 rl_conn_strerror(s->cl, msg, sizeof(msg)));
+        session_close(s, why);
+        break;
+    case RL_CONN_TIMEOUT:
+        if (s->cl_state == CL_TLS_ACCEPT) {
+            session_close(s, "client TLS handshake timeout");
+        } else if (rl_conn_paused(s->cl) && s->cl_state == CL_DATA) {
+            session_reply_close(s,
+                                "421 4.4.2 %s Mail service not responding, closing connection\r\n",
+                                "upstream stalled during DATA");
+        } else {
+            snprintf(why, sizeof(why), "client timeout in %s", cl_state_names[s->cl_state]);
+            session_reply_close(s, "421 4.4.2 %s Timeout, closing connection\r\n", why);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void
+session_upstream_event(struct rl_session *s, enum rl_conn_event ev)
+{
+    char why[300], msg[200];
+
+    switch (ev) {
+    case RL_CONN_CONNECTED:
+        snprintf(s->up_peer, sizeof(s->up_peer), "%s", rl_conn_peer(s->up));
+        rl_log(RL_LOG_DEBUG, "%s upstream connected peer=%s", s->id, s->up_peer);
+        if (s->uc->tls == RL_TLS_IMPLICIT) {
+            session_up_start_tls(s, UP_TLS);
+        } else {
+            session_enter_up(s, UP_GREETING);
+            rl_conn_set_timeout(s->up, s->snap->cfg->upstream_timeout_ms);
+        }
+        break;
+    case RL_CONN_TLS_READY:
+        if (s->up_state == UP_TLS) {
+            session_enter_up(s, UP_GREETING);
+            rl_conn_set_timeout(s->up, s->snap->cfg->upstream_timeout_ms);
+            if (rl_buf_len(rl_conn_in(s->up)) > 0)
+                session_up_data(s);
+        } else {
+            session_up_ready(s);
+        }
+        break;
+    case RL_CONN_DATA:
+        session_up_data(s);
+        break;
+    case RL_CONN_DRAINED:
+        if (rl_conn_paused(s->cl)) {
+            rl_conn_resume(s->cl);
+            session_client_process(s);
+        }
+        break;
+    case RL_CONN_EOF:
+    case RL_CONN_ERROR:
+        if (s->up_state == UP_CONNECT) {
+            snprintf(s->reason, sizeof(s->reason), "connect to %s: %s", rl_conn_peer(s->up),
+                     rl_conn_strerror(s->up, msg, sizeof(msg)));
+            session_up_next_addr(s);
+            break;
+        }
+        if (s->up_state == UP_TLS || s->up_state == UP_TLS2) {
+            snprintf(why, sizeof(why), "TLS with %s failed: %s", rl_conn_peer(s->up),
+                     ev == RL_CONN_EOF ? "connection closed"
+                                       : rl_conn_strerror(s->up, msg, sizeof(msg)));
+            session_up_fail(s, REPLY_UP_TLS, why);
+            break;
+        }
+        snprintf(why, sizeof(why), "connection lost in %s: %s", up_state_names[s->up_state],
+                 ev == RL_CONN_EOF ? "closed by peer" : rl_conn_strerror(s->up, msg, sizeof(msg)));
+        session_up_fail(s, s->up_state == UP_READY ? REPLY_UP_LOST : REPLY_UP_UNAVAILABLE, why);
+        break;
+    case RL_CONN_TIMEOUT:
+        if (s->up_state == UP_CONNECT) {
+            snprintf(s->reason, sizeof(s->reason), "connect to %s: timeout", rl_conn_peer(s->up));
+            session_up_next_addr(s);
+            break;
+        }
+        snprintf(why, sizeof(why), "timeout in %s", up_state_names[s->up_state]);
+        session_up_fail(s, s->up_state == UP_READY ? REPLY_UP_LOST : REPLY_UP_UNAVAILABLE, why);
+        break;
+    default:
+        break;
+    }
+}
+
+static void
+session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
+{
+    struct rl_session *s = arg;
+
+    if (ev == RL_CONN_CLOSED) {
+        if (c == s->cl) {
+            s->cl = NULL;
+            s->cl_out.c = NULL;
+        } else if (c == s->up) {
+            s->up = NULL;
+            s->up_out.c = NULL;
+        }
+        if (--s->nconns == 0)
+            session_free(s);
+        return;
+    }
+    if (s->closing)
+        return;
+    if (c == s->cl)
+        session_client_event(s, ev);
+    else if (c == s->up)
+        session_upstream_event(s, ev);
+    /* Events from an abandoned connection attempt are ignored. */
+    if (!s->closing)
+        session_flush(s);
+}
+
+/* ---- start and shutdown ----------------------------------------------- */
+
+int
+rl_session_accept(struct rl_ctx *ctx, const struct rl_listener_conf *lc, uv_stream_t *server)
+{
+    struct rl_session *s = calloc(1, sizeof(*s));
+    int rc;
+
+    if (s == NULL)
+        return RL_E_NOMEM;
+    s->ctx = ctx;
+    s->snap = rl_snapshot_ref(ctx->snap);
+    s->lc = lc;
+    s->brand = lc->brand;
+    s->uc = lc->brand->upstream;
+    s->started_ms = uv_now(ctx->loop);
+    snprintf(s->id, sizeof(s->id), "%016" PRIx64,
+             (uint64_t)(ctx->id_seed ^ (ctx->id_next++ * 0x9e3779b97f4a7c15ULL)));
+    rl_buf_init(&s->cl_out.b, BATCH_MAX);
+    rl_buf_init(&s->up_out.b, BATCH_MAX);
+    s->next = ctx->sessions;
+    if (ctx->sessions != NULL)
+        ctx->sessions->prev = s;
+    ctx->sessions = s;
+    ctx->nsessions++;
+
+    s->cl = rl_conn_new(ctx->loop, session_on_event, s);
+    if (s->cl == NULL) {
+        session_free(s);
+        return RL_E_NOMEM;
+    }
+    s->nconns = 1;
+    s->cl_out.c = s->cl;
+    rc = rl_conn_accept(s->cl, server);
+    if (rc < 0) {
+        session_close(s, "accept failed");
+        return rc;
+    }
+    rl_log(RL_LOG_DEBUG, "%s session start client=%s listener=%s", s->id, rl_conn_peer(s->cl),
+           lc->name);
+    if (lc->tls == RL_TLS_IMPLICIT) {
+        s->cl_state = CL_TLS_ACCEPT;
+        rc = rl_conn_start_tls(s->cl, rl_snapshot_brand_tls(s->snap, s->brand), NULL);
+        if (rc < 0) {
+            session_close(s, "cannot start TLS");
+            return 0;
+        }
+    } else {
+        char greet[300];
+
+        s->cl_state = CL_COMMAND;
+        /* require_tls = no: plaintext clients are relayed (the upstream leg
+         * is still verified TLS), for the migration from the CNAME. */
+        s->relay = !lc->require_tls;
+        snprintf(greet, sizeof(greet), "220 %%s %.200s\r\n", s->snap->cfg->banner);
+        session_reply(s, greet);
+        session_flush(s);
+    }
+    session_set_client_timeout(s);
+    return 0;
+}
+
+void
+rl_session_shutdown_all(struct rl_ctx *ctx)
+{
+    for (struct rl_session *s = ctx->sessions; s != NULL; s = s->next) {
+        if (s->closing)
+            continue;
+        if (s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS)
+            session_close(s, "shutdown");
+        else
+            session_reply_close(s, "421 4.3.2 %s Service shutting down\r\n", "shutdown");
+    }
+}

@@ -57,6 +57,7 @@ struct rl_listener_conf {
     int line;
     struct rl_addr *addrs;
     size_t naddrs;
+    int listen_line; /* line of the listen key (0 for a default listener) */
     enum rl_tls_mode tls;
     bool require_tls; /* STARTTLS listeners: nothing but EHLO/HELO/NOOP/RSET/QUIT before TLS */
     struct rl_brand_conf *brand; /* points into rl_config.brands */

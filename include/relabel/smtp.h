@@ -57,10 +57,13 @@ struct rl_smtp_cmd {
  * bare LF (commands are re-emitted with CRLF, so a bare LF in a command line
  * cannot smuggle anything).  The terminator is not part of the line.
  *
- * Returns RL_SMTP_OK with *line/*line_len set and *used = bytes including the
- * terminator; RL_SMTP_MORE when no terminator is present yet and len < max;
- * RL_E_LINE_TOO_LONG when no terminator is found within max bytes (the
- * caller discards up to and including the next LF, *used = len);
+ * Returns RL_SMTP_OK with *line and *line_len set and *used = bytes including
+ * the terminator; RL_SMTP_MORE when no terminator is present yet and len < max;
+ * RL_E_LINE_TOO_LONG when no terminator is found within max bytes: *used is
+ * then through the next LF if p[0..len) holds one (the long line is skipped
+ * whole and any pipelined command after it is kept), else len, and the
+ * caller discards up to and including the next LF still to come; tell the
+ * two apart by p[*used - 1] == '\n';
  * RL_E_BAD_BYTE when the complete line holds a NUL or a CR that is not part
  * of the final CRLF (*used = the whole line with its terminator, so the
  * caller can skip it and answer 500).  `max` counts the terminator.
@@ -110,8 +113,9 @@ bool rl_smtp_reply_line(const char *reply, size_t len, size_t *off, const char *
  * provider by `repl`.  A token is a maximal run of [A-Za-z0-9._-]; it names
  * the provider when it equals one of names[] or ends with "." + one of them,
  * compared case-insensitively (so "mailgun.org" hides "smtp.mailgun.org" and
- * "mailgun" hides "Mailgun").  Output is truncated at cap.  Returns the
- * number of bytes written.
+ * "mailgun" hides "Mailgun").  Trailing dots of a token are not compared but
+ * kept ("smtp.mailgun.org." at the end of a sentence becomes repl + ".").
+ * Output is truncated at cap.  Returns the number of bytes written.
  */
 size_t rl_smtp_hide(const char *text, size_t len, const char *const *names, size_t nnames,
                     const char *repl, char *out, size_t cap);
@@ -176,7 +180,7 @@ struct rl_smtp_data {
     unsigned state;
     bool reject_bare;
     uint64_t max_size;
-    uint64_t size; /* bytes emitted so far */
+    uint64_t size; /* bytes emitted so far, not counting the final ".\r\n" */
     int error;     /* 0 or RL_E_BARE_NEWLINE / RL_E_NUL / RL_E_TOO_BIG */
 };
 
@@ -189,6 +193,9 @@ void rl_smtp_data_init(struct rl_smtp_data *d, bool reject_bare, uint64_t max_si
  * or fewer when the end of data was reached, in which case *done is set and
  * the bytes after the end are left for the caller (the next command).  A
  * non-zero return from emit stops the scan and is returned (negative).
+ * Once *done, further calls consume nothing and return 0.  Bytes held back
+ * (a CR, a "." at a line start) count as consumed: the scanner emits them
+ * later, so the caller never keeps them.
  */
 long rl_smtp_data_scan(struct rl_smtp_data *d, const char *p, size_t len, rl_smtp_data_emit_cb emit,
                        void *arg, bool *done);

@@ -1,0 +1,26 @@
+/*
+ * ctx.h - the process-wide context passed down from main: the loop, the
+ * current configuration snapshot and the list of live sessions.  Passed
+ * explicitly; there is no global singleton.
+ */
+#ifndef RELABEL_CTX_H
+#define RELABEL_CTX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct rl_snapshot;
+struct rl_session;
+
+struct rl_ctx {
+    uv_loop_t *loop;
+    struct rl_snapshot *snap; /* new sessions take a reference */
+    struct rl_session *sessions;
+    unsigned long nsessions;
+    uint64_t id_seed;
+    uint64_t id_next;
+    bool stopping;
+};
+
+#endif

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs relabel's build (and, with "test", test) dependencies from
+# Debian's archive.  Does nothing when everything is already installed, so
+# it is cheap to call before every build.
+set -euo pipefail
+
+build_pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libmbedtls-dev libinih-dev
+            openssl ca-certificates)
+test_pkgs=(libcmocka-dev python3 python3-pytest python3-aiosmtpd swaks curl clang-format)
+
+pkgs=("${build_pkgs[@]}")
+[ "${1:-}" = test ] && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q "${missing[@]}"

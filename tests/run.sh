@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests and end-to-end tests, on a normal build
+# and on an AddressSanitizer + UndefinedBehaviorSanitizer build, then one
+# summary line ("N passed, N failed").  Installs missing Debian packages
+# first (as root, or through sudo).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+scripts/deps.sh test || exit 1
+
+py=/usr/bin/python3
+results=$(mktemp -d)
+status=0
+
+build() { # dir, meson options...
+    local dir=$1; shift
+    [ -d "$dir" ] || meson setup "$dir" "$@" >"$results/setup-$dir.log" 2>&1 || {
+        cat "$results/setup-$dir.log"; return 1; }
+    ninja -C "$dir"
+}
+
+echo "== format"
+if ! clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c; then
+    echo "clang-format: sources are not formatted"; status=1
+fi
+
+for variant in build build-asan; do
+    opts=()
+    [ $variant = build-asan ] && opts=(-Db_sanitize=address,undefined -Db_lundef=false)
+    echo "== $variant: compile"
+    build $variant "${opts[@]}" || { status=1; continue; }
+
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    echo "== $variant: unit tests"
+    meson test -C $variant --print-errorlogs || status=1
+    cp $variant/meson-logs/testlog.junit.xml "$results/unit-$variant.xml" 2>/dev/null
+
+    echo "== $variant: end-to-end tests"
+    RELABEL_BIN="$root/$variant/relabel" $py -m pytest tests/e2e -q -p no:cacheprovider \
+        --junitxml="$results/e2e-$variant.xml" || status=1
+done
+
+$py - "$results" <<'PY'
+import glob, sys, xml.etree.ElementTree as ET
+passed = failed = skipped = 0
+for f in glob.glob(sys.argv[1] + "/*.xml"):
+    for tc in ET.parse(f).getroot().iter("testcase"):
+        kinds = {c.tag for c in tc}
+        if kinds & {"failure", "error"}:
+            failed += 1
+        elif "skipped" in kinds:
+            skipped += 1
+        else:
+            passed += 1
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
+rm -rf "$results"
+exit $status
