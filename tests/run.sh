@@ -38,7 +38,8 @@ for variant in build build-asan; do
     cp $variant/meson-logs/testlog.junit.xml "$results/unit-$variant.xml" 2>/dev/null
 
     echo "== $variant: end-to-end tests"
-    RELABEL_BIN="$root/$variant/relabel" $py -m pytest tests/e2e -q -p no:cacheprovider \
+    sanitized=""; [ $variant = build-asan ] && sanitized=1
+    RELABEL_SANITIZED=$sanitized RELABEL_BIN="$root/$variant/relabel" $py -m pytest tests/e2e -q -p no:cacheprovider \
         --junitxml="$results/e2e-$variant.xml" || status=1
 done
 

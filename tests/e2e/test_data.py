@@ -1,5 +1,6 @@
 """DATA: smuggling, bare newlines, NUL, long lines, clients vanishing mid-DATA, 50 MB."""
 
+import os
 import threading
 import time
 
@@ -55,7 +56,7 @@ def test_smuggling_never_makes_second_message(relay, ending):
 @pytest.mark.parametrize("body,expected", [
     (b"a\nb\r\n", b"a\r\nb\r\n"),
     (b"a\rb\r\n", b"a\r\nb\r\n"),
-    (b"one\r\ntwo\nthree\n", b"one\r\ntwo\r\nthree\r\n"),
+    (b"one\r\ntwo\nthree\rfour\r\n", b"one\r\ntwo\r\nthree\r\nfour\r\n"),
 ], ids=["bare-lf", "bare-cr", "mixed"])
 def test_bare_newlines_normalised(relay_ii, body, expected):
     c = relay_ii.session()
@@ -117,16 +118,18 @@ def test_nul_in_body_is_refused(relay_ii):
     assert relay_ii.upstream.messages == []
 
 
+@pytest.mark.parametrize("length", [5000, 70000])
 @pytest.mark.parametrize("where", ["pre-tls", "relay"])
-def test_command_line_too_long(relay_st, where):
+def test_command_line_too_long(relay_st, where, length):
     c = relay_st.connect()
     if where == "relay":
         c.ehlo()
         c.starttls()
         c.ehlo()
-    r = c.cmd("NOOP " + "x" * 5000)
+    r = c.cmd("NOOP " + "x" * length)
     assert r.code == 500 and r.raw.startswith(b"500 5.5.2"), r
     assert not relay_st.upstream.recorder.saw("NOOP")
+    assert c.cmd("NOOP").code == 250  # the session goes on
 
 
 @pytest.mark.parametrize("cut", ["mid-line", "after-crlf", "after-crlf-dot"])
@@ -203,4 +206,9 @@ def test_50mb_slow_upstream_bounded_memory(scripted_factory, relabel_factory, cl
     assert len(m.data) == len(body)
     assert h.sha256(m.data) == h.sha256(body)
     assert elapsed >= len(body) / rate * 0.9  # the upstream really was the bottleneck
-    assert peak[0] < 40 * 1024, f"relabel RSS peaked at {peak[0]} kB"
+    print(f"50 MB in {elapsed:.1f}s, relabel peak RSS {peak[0]} kB")
+    # AddressSanitizer keeps freed memory in quarantine and adds shadow
+    # memory, so RSS says nothing about relabel's buffers there; the normal
+    # build carries the memory check.
+    if not os.environ.get("RELABEL_SANITIZED"):
+        assert peak[0] < 40 * 1024, f"relabel RSS peaked at {peak[0]} kB"

@@ -6,7 +6,6 @@ If these fail, a failure elsewhere says nothing about relabel.
 """
 
 import os
-import smtplib
 import ssl
 import sys
 
