@@ -94,6 +94,14 @@ struct pending {
     bool close_after;  /* P_LOCAL: close the session once it is sent */
 };
 
+/* The 421s a client gets when the upstream leg fails (RFC 5321 §3.8). */
+static const char REPLY_UP_UNAVAILABLE[] =
+    "421 4.4.1 %s Mail service temporarily unavailable, closing connection\r\n";
+static const char REPLY_UP_LOST[] =
+    "421 4.4.2 %s Connection to the mail service lost, closing connection\r\n";
+static const char REPLY_UP_TLS[] =
+    "421 4.7.0 %s Mail service could not be verified, closing connection\r\n";
+
 /* Small writes are gathered into one buffer per leg and written once per
  * event, so pipelined replies leave as one TLS record, not one each. */
 #define BATCH_MAX 16384
@@ -101,6 +109,7 @@ struct pending {
 struct batch {
     struct rl_conn *c;
     struct rl_buf b;
+    int err; /* first write failure, acted on by session_flush() */
 };
 
 struct rl_session {
@@ -186,8 +195,12 @@ session_host(const struct rl_session *s)
 static void
 batch_flush(struct batch *bt)
 {
-    if (bt->c != NULL && rl_buf_len(&bt->b) > 0 && !rl_conn_closing(bt->c))
-        rl_conn_write(bt->c, rl_buf_data(&bt->b), rl_buf_len(&bt->b));
+    if (bt->c != NULL && rl_buf_len(&bt->b) > 0 && !rl_conn_closing(bt->c)) {
+        int rc = rl_conn_write(bt->c, rl_buf_data(&bt->b), rl_buf_len(&bt->b));
+
+        if (rc < 0 && bt->err == 0)
+            bt->err = rc;
+    }
     rl_buf_reset(&bt->b, BATCH_MAX);
 }
 
@@ -196,20 +209,42 @@ batch_flush(struct batch *bt)
 static int
 batch_send(struct batch *bt, const char *p, size_t n)
 {
+    int rc;
+
     if (bt->c == NULL || rl_conn_closing(bt->c))
         return RL_E_PROTO;
     if (n > rl_buf_room(&bt->b))
         batch_flush(bt);
     if (n >= BATCH_MAX / 2)
-        return rl_conn_write(bt->c, p, n);
-    return rl_buf_append(&bt->b, p, n);
+        rc = rl_conn_write(bt->c, p, n);
+    else
+        rc = rl_buf_append(&bt->b, p, n);
+    if (rc < 0 && bt->err == 0)
+        bt->err = rc;
+    return rc;
 }
 
+static void session_up_fail(struct rl_session *s, const char *reply, const char *what);
+
+/* Writes what was gathered for both legs.  A failed write ends the leg:
+ * silently dropping a reply would pair every later one with the wrong
+ * command. */
 static void
 session_flush(struct rl_session *s)
 {
+    char why[120];
+
     batch_flush(&s->up_out);
     batch_flush(&s->cl_out);
+    if (s->up_out.err != 0 && s->up != NULL && !s->closing) {
+        snprintf(why, sizeof(why), "write failed: %s", rl_strerror(s->up_out.err));
+        s->up_out.err = 0;
+        session_up_fail(s, REPLY_UP_LOST, why);
+    }
+    if (s->cl_out.err != 0 && !s->closing) {
+        snprintf(why, sizeof(why), "client write failed: %s", rl_strerror(s->cl_out.err));
+        session_close(s, why);
+    }
 }
 
 /* Sends relabel's own reply to the client.  Every "%s" in text stands for
@@ -469,13 +504,6 @@ session_up_fail(struct rl_session *s, const char *reply, const char *what)
     else
         snprintf(s->reason, sizeof(s->reason), "%s", why);
 }
-
-static const char REPLY_UP_UNAVAILABLE[] =
-    "421 4.4.1 %s Mail service temporarily unavailable, closing connection\r\n";
-static const char REPLY_UP_LOST[] =
-    "421 4.4.2 %s Connection to the mail service lost, closing connection\r\n";
-static const char REPLY_UP_TLS[] =
-    "421 4.7.0 %s Mail service could not be verified, closing connection\r\n";
 
 /* ---- upstream establishment ----------------------------------------- */
 
@@ -966,6 +994,22 @@ session_client_starttls(struct rl_session *s)
     return false;
 }
 
+/* The SIZE=n parameter of a MAIL command (RFC 1870 §3), 0 if absent. */
+static uint64_t
+session_mail_size(const char *arg, size_t len)
+{
+    for (size_t i = 0; i + 5 <= len; i++) {
+        uint64_t v = 0;
+
+        if ((i > 0 && arg[i - 1] != ' ') || strncasecmp(arg + i, "SIZE=", 5) != 0)
+            continue;
+        for (i += 5; i < len && arg[i] >= '0' && arg[i] <= '9'; i++)
+            v = v > UINT64_MAX / 10 ? UINT64_MAX : v * 10 + (uint64_t)(arg[i] - '0');
+        return v;
+    }
+    return 0;
+}
+
 /* One command in relay mode.  Returns false to stop parsing. */
 static bool
 session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
@@ -1001,7 +1045,15 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
     case RL_SMTP_MAIL: {
         const char *lt = memchr(cmd->arg, '<', cmd->arg_len);
         const char *gt = lt ? memchr(lt, '>', (size_t)(cmd->arg + cmd->arg_len - lt)) : NULL;
+        uint64_t size = session_mail_size(cmd->arg, cmd->arg_len);
 
+        if (s->uc->max_message_size != 0 && size > s->uc->max_message_size) {
+            /* RFC 1870 §6.1: refused before any byte is sent, since the
+             * provider announces more than it really takes. */
+            session_local(s, "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+                          false);
+            return true;
+        }
         if (lt != NULL && gt != NULL)
             rl_log_escape(lt + 1, (size_t)(gt - lt - 1), s->mail_from, sizeof(s->mail_from));
         s->rcpts = 0;
@@ -1126,8 +1178,10 @@ session_client_process(struct rl_session *s)
             session_up_start(s); /* waits for the upstream; resumed when ready */
             break;
         }
-        if (s->up != NULL && rl_conn_write_blocked(s->up)) {
-            /* Backpressure: resumed on the upstream's DRAINED. */
+        if ((s->up != NULL && rl_conn_write_blocked(s->up)) || rl_conn_write_blocked(s->cl)) {
+            /* Backpressure: the upstream does not take the message as fast
+             * as the client sends it, or the client does not read its
+             * replies.  Resumed on the blocked leg's DRAINED. */
             rl_conn_pause(s->cl);
             break;
         }
@@ -1258,11 +1312,11 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
         session_client_process(s);
         break;
     case RL_CONN_DRAINED:
-        /* The client reads again: replies may flow; nothing to resume,
-         * the upstream is never paused for the client's sake beyond its
-         * own input buffer. */
-        if (s->up != NULL && rl_conn_paused(s->up))
-            rl_conn_resume(s->up);
+        /* The client reads its replies again: take its commands again. */
+        if (rl_conn_paused(s->cl)) {
+            rl_conn_resume(s->cl);
+            session_client_process(s);
+        }
         break;
     case RL_CONN_EOF:
         session_close(s, s->cl_state == CL_DATA ? "client closed during DATA" : "client closed");
@@ -1276,7 +1330,7 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
     case RL_CONN_TIMEOUT:
         if (s->cl_state == CL_TLS_ACCEPT) {
             session_close(s, "client TLS handshake timeout");
-        } else if (rl_conn_paused(s->cl) && s->cl_state == CL_DATA) {
+        } else if (s->cl_state == CL_DATA && s->up != NULL && rl_conn_write_blocked(s->up)) {
             session_reply_close(s,
                                 "421 4.4.2 %s Mail service not responding, closing connection\r\n",
                                 "upstream stalled during DATA");
