@@ -137,6 +137,7 @@ struct rl_session {
     bool close_after;     /* close once the client output is flushed */
     bool auth_plain_cont; /* last relayed AUTH was PLAIN without initial response */
     bool auth_login_user; /* next AUTH LOGIN continuation is the user name */
+    bool discard_quiet;   /* CL_DISCARD of an AUTH response: "*" already answers it */
 
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
@@ -1199,7 +1200,9 @@ session_client_process(struct rl_session *s)
             }
             rl_buf_consume(in, (size_t)(lf - rl_buf_data(in)) + 1);
             session_enter_cl(s, CL_COMMAND);
-            session_local(s, "500 5.5.2 Line too long\r\n", false);
+            if (!s->discard_quiet)
+                session_local(s, "500 5.5.2 Line too long\r\n", false);
+            s->discard_quiet = false;
             continue;
         }
         if (session_blocked(s) || fifo_full(s))
@@ -1228,7 +1231,8 @@ session_client_process(struct rl_session *s)
                 session_relay_line(s, line, line_len);
             else
                 session_relay_line(s, "*", 1);
-            session_enter_cl(s, session_skip_rest(s, rc, used) ? CL_DISCARD : CL_COMMAND);
+            s->discard_quiet = session_skip_rest(s, rc, used);
+            session_enter_cl(s, s->discard_quiet ? CL_DISCARD : CL_COMMAND);
             rl_buf_consume(in, used);
             fifo_push(s, (struct pending){.kind = P_AUTH_CONT});
             continue;
