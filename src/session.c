@@ -1303,6 +1303,19 @@ session_client_tls_ready(struct rl_session *s)
     session_up_start(s);
 }
 
+/* A write queue fell below its low-water mark (the upstream takes the
+ * message again, or the client reads its replies again): the client's
+ * input is read and processed again; it pauses itself if a leg is still
+ * blocked. */
+static void
+session_drained(struct rl_session *s)
+{
+    if (!rl_conn_paused(s->cl))
+        return;
+    rl_conn_resume(s->cl);
+    session_client_process(s);
+}
+
 static void
 session_client_event(struct rl_session *s, enum rl_conn_event ev)
 {
@@ -1316,11 +1329,7 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
         session_client_process(s);
         break;
     case RL_CONN_DRAINED:
-        /* The client reads its replies again: take its commands again. */
-        if (rl_conn_paused(s->cl)) {
-            rl_conn_resume(s->cl);
-            session_client_process(s);
-        }
+        session_drained(s);
         break;
     case RL_CONN_EOF:
         session_close(s, s->cl_state == CL_DATA ? "client closed during DATA" : "client closed");
@@ -1378,10 +1387,7 @@ session_upstream_event(struct rl_session *s, enum rl_conn_event ev)
         session_up_data(s);
         break;
     case RL_CONN_DRAINED:
-        if (rl_conn_paused(s->cl)) {
-            rl_conn_resume(s->cl);
-            session_client_process(s);
-        }
+        session_drained(s);
         break;
     case RL_CONN_EOF:
     case RL_CONN_ERROR:
