@@ -155,6 +155,7 @@ struct rl_session {
     const char *fail_reply; /* the 421 the client gets once the upstream failed */
     char reason[240];
     char up_peer[64]; /* the upstream address last connected */
+    unsigned cl_timeout_ms;
     uint64_t started_ms;
 };
 
@@ -369,10 +370,21 @@ session_blocked(struct rl_session *s)
     }
 }
 
+/*
+ * Arms the idle timers for what each leg is waiting for.  A client waiting
+ * for replies is not idle: while relayed commands are unanswered only the
+ * upstream's timer runs (RFC 5321 §4.5.3.2: a client waits up to 10
+ * minutes for the reply to the end of data), so a slow final reply is
+ * never cut short by the client's command timeout.  With `force` the
+ * client's timer restarts (a new state); otherwise it changes only when
+ * its duration does, so events from the upstream do not extend a silent
+ * client's time.
+ */
 static void
-session_set_client_timeout(struct rl_session *s)
+session_set_timeouts(struct rl_session *s, bool force)
 {
     const struct rl_config *cfg = s->snap->cfg;
+    bool waiting = s->fifo_len > 0 && s->cl_state == CL_COMMAND;
     unsigned ms;
 
     switch (s->cl_state) {
@@ -383,19 +395,15 @@ session_set_client_timeout(struct rl_session *s)
         ms = cfg->data_timeout_ms;
         break;
     default:
-        ms = cfg->command_timeout_ms;
+        ms = waiting ? 0 : cfg->command_timeout_ms;
         break;
     }
-    rl_conn_set_timeout(s->cl, ms);
-}
-
-/* The upstream owes a reply: it has upstream_timeout to give it. */
-static void
-session_set_upstream_timeout(struct rl_session *s)
-{
-    if (s->up == NULL || s->up_state != UP_READY)
-        return;
-    rl_conn_set_timeout(s->up, s->fifo_len ? s->snap->cfg->upstream_timeout_ms : 0);
+    if (s->cl != NULL && (force || ms != s->cl_timeout_ms)) {
+        s->cl_timeout_ms = ms;
+        rl_conn_set_timeout(s->cl, ms);
+    }
+    if (s->up != NULL && s->up_state == UP_READY)
+        rl_conn_set_timeout(s->up, s->fifo_len ? cfg->upstream_timeout_ms : 0);
 }
 
 /* ---- closing -------------------------------------------------------- */
@@ -804,7 +812,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
                                   s->uc->max_message_size);
                 s->data_abort = false;
                 session_enter_cl(s, CL_DATA);
-                session_set_client_timeout(s);
+                session_set_timeouts(s, true);
             } else if (rl_buf_len(rl_conn_in(s->cl)) > 0) {
                 /* The client sent its message before the 354: without it
                  * those bytes would be read as commands. */
@@ -869,7 +877,7 @@ session_up_data(struct rl_session *s)
         return;
     if (s->up != NULL)
         rl_conn_consumed(s->up);
-    session_set_upstream_timeout(s);
+    session_set_timeouts(s, false);
     if (s->up_state == UP_READY)
         session_client_process(s);
 }
@@ -991,7 +999,7 @@ session_client_starttls(struct rl_session *s)
         return false;
     }
     session_enter_cl(s, CL_TLS_ACCEPT);
-    session_set_client_timeout(s);
+    session_set_timeouts(s, true);
     return false;
 }
 
@@ -1116,7 +1124,7 @@ session_client_data(struct rl_session *s, struct rl_buf *in)
     if (!done)
         return false;
     session_enter_cl(s, CL_COMMAND);
-    session_set_client_timeout(s);
+    session_set_timeouts(s, true);
     if (s->data_abort) {
         switch (s->data.error) {
         case RL_E_TOO_BIG:
@@ -1274,7 +1282,7 @@ session_client_process(struct rl_session *s)
         return;
     session_flush(s);
     rl_conn_consumed(s->cl);
-    session_set_upstream_timeout(s);
+    session_set_timeouts(s, false);
 }
 
 /* ---- events ----------------------------------------------------------- */
@@ -1299,7 +1307,7 @@ session_client_tls_ready(struct rl_session *s)
     /* RFC 3207 §4.2: after STARTTLS everything learnt before is forgotten;
      * the client must send EHLO again.  Nothing was relayed before. */
     session_enter_cl(s, CL_COMMAND);
-    session_set_client_timeout(s);
+    session_set_timeouts(s, true);
     session_up_start(s);
 }
 
@@ -1508,7 +1516,7 @@ rl_session_accept(struct rl_ctx *ctx, const struct rl_listener_conf *lc, uv_stre
         session_reply(s, greet);
         session_flush(s);
     }
-    session_set_client_timeout(s);
+    session_set_timeouts(s, true);
     return 0;
 }
 
