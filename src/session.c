@@ -137,6 +137,7 @@ struct rl_session {
     bool close_after;     /* close once the client output is flushed */
     bool auth_plain_cont; /* last relayed AUTH was PLAIN without initial response */
     bool auth_login_user; /* next AUTH LOGIN continuation is the user name */
+    bool auth_plain_user; /* next AUTH PLAIN continuation holds the user name */
     bool discard_quiet;   /* CL_DISCARD of an AUTH response: "*" already answers it */
 
     struct rl_upstream_req *resolve;
@@ -154,7 +155,9 @@ struct rl_session {
     char mail_from[200];
     const char *fail_reply; /* the 421 the client gets once the upstream failed */
     char reason[240];
-    char up_peer[64]; /* the upstream address last connected */
+    char up_peer[64];   /* the upstream address last connected */
+    char up_tls[16];    /* its TLS version and suite, kept for the session */
+    char up_cipher[64]; /* line after the connection is gone */
     unsigned cl_timeout_ms;
     uint64_t started_ms;
 };
@@ -412,7 +415,6 @@ static void
 session_log_end(struct rl_session *s)
 {
     struct rl_tls *ct = s->cl ? rl_conn_tls(s->cl) : NULL;
-    struct rl_tls *ut = s->up ? rl_conn_tls(s->up) : NULL;
     char sni[300] = "-";
 
     if (ct != NULL && rl_tls_sni(ct) != NULL) {
@@ -425,9 +427,9 @@ session_log_end(struct rl_session *s)
            "up_tls=%s up_cipher=%s messages=%u in=%llu out=%llu duration=%.3fs reason=\"%s\"",
            s->id, s->cl ? rl_conn_peer(s->cl) : "-", s->lc->name, s->brand->name, sni,
            ct ? rl_tls_version(ct) : "none", ct ? rl_tls_cipher(ct) : "none",
-           s->up_peer[0] ? s->up_peer : "-", ut ? rl_tls_version(ut) : "none",
-           ut ? rl_tls_cipher(ut) : "none", s->messages, s->cl ? rl_conn_bytes_in(s->cl) : 0ULL,
-           s->cl ? rl_conn_bytes_out(s->cl) : 0ULL,
+           s->up_peer[0] ? s->up_peer : "-", s->up_tls[0] ? s->up_tls : "none",
+           s->up_cipher[0] ? s->up_cipher : "none", s->messages,
+           s->cl ? rl_conn_bytes_in(s->cl) : 0ULL, s->cl ? rl_conn_bytes_out(s->cl) : 0ULL,
            (double)(session_now_ms(s) - s->started_ms) / 1000.0, s->reason);
 }
 
@@ -606,6 +608,8 @@ session_up_ready(struct rl_session *s)
 {
     struct rl_tls *t = rl_conn_tls(s->up);
 
+    snprintf(s->up_tls, sizeof(s->up_tls), "%s", rl_tls_version(t));
+    snprintf(s->up_cipher, sizeof(s->up_cipher), "%s", rl_tls_cipher(t));
     session_enter_up(s, UP_READY);
     rl_conn_set_timeout(s->up, 0);
     rl_log(RL_LOG_DEBUG, "%s upstream ready peer=%s tls=%s cipher=%s", s->id, rl_conn_peer(s->up),
@@ -781,7 +785,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
                 session_relay_reply(s, r, p);
             }
         } else {
-            s->auth_plain_cont = s->auth_login_user = false;
+            s->auth_plain_cont = s->auth_login_user = s->auth_plain_user = false;
             if (r->code == 235)
                 rl_log(RL_LOG_INFO, "%s client authenticated", s->id);
             else
@@ -1046,6 +1050,8 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
                                        false);
             else if (cmd->arg_len >= 5 && strncasecmp(cmd->arg, "LOGIN", 5) == 0)
                 s->auth_login_user = true;
+            else if (cmd->arg_len >= 5 && strncasecmp(cmd->arg, "PLAIN", 5) == 0)
+                s->auth_plain_user = true;
         }
         s->auth_plain_cont = cmd->arg_len == 5 && strncasecmp(cmd->arg, "PLAIN", 5) == 0;
         /* The AUTH line carries credentials: it is relayed, never logged. */
@@ -1229,10 +1235,9 @@ session_client_process(struct rl_session *s)
                               &used);
             if (rc == RL_SMTP_MORE)
                 break;
-            if (rc == RL_SMTP_OK && !s->cl_tls && s->auth_login_user) {
-                session_log_plain_auth(s, line, line_len, false);
-                s->auth_login_user = false;
-            }
+            if (rc == RL_SMTP_OK && !s->cl_tls && (s->auth_login_user || s->auth_plain_user))
+                session_log_plain_auth(s, line, line_len, s->auth_plain_user);
+            s->auth_login_user = s->auth_plain_user = false;
             /* A broken response line cancels the exchange ("*", RFC 4954
              * §4) rather than being passed on. */
             if (rc == RL_SMTP_OK)

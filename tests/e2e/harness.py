@@ -836,15 +836,25 @@ class Reply:
 
 class Client:
     """
-    Raw SMTP client for 127.0.0.1:port.  tls="implicit" wraps at once; use
-    starttls() for the other.  Every reply is kept in self.replies.
+    Raw SMTP client for 127.0.0.1:port (or host, e.g. "::1").  tls="implicit"
+    wraps at once; use starttls() for the other.  Every reply is kept in
+    self.replies.  rcvbuf: SO_RCVBUF in bytes, set before connecting.
     """
 
     def __init__(self, port, ctx=None, tls=None, server_hostname=BRAND_HOST, timeout=TIMEOUT,
-                 read_greeting=True):
+                 read_greeting=True, rcvbuf=None, host=LOCALHOST):
         self.ctx = ctx
         self.server_hostname = server_hostname
-        sock = socket.create_connection((LOCALHOST, port), timeout=timeout)
+        if rcvbuf is None:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            # a small receive buffer (set before connecting, so the window is
+            # small too): a client that does not read stalls the server fast
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(timeout)
+            sock.connect((host, port))
         self.ls = LineSock(sock, timeout)
         self.replies = []
         self.tls = False
