@@ -1317,7 +1317,8 @@ config_merge_upstream(struct config_ctx *ctx, const struct config_section *sec,
     const struct config_raw_upstream *r = sec != NULL ? &sec->raw.upstream : &none;
     const char *host = r->host != NULL ? r->host : preset != NULL ? preset->host : NULL;
 
-    u->name = config_strdup(ctx, sec != NULL ? sec->name : preset->name);
+    /* Callers pass a section, a preset or both. */
+    u->name = config_strdup(ctx, sec != NULL ? sec->name : preset != NULL ? preset->name : "");
     u->line = sec != NULL ? sec->line : 0;
     u->host = config_strdup(ctx, host);
     u->tls = (enum rl_tls_mode)config_merge(r->tls, RL_TLS_IMPLICIT);

@@ -25,6 +25,13 @@ if ! clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c;
     echo "clang-format: sources are not formatted"; status=1
 fi
 
+echo "== clang: compile (warnings are errors)"
+CC=clang build build-clang || status=1
+
+echo "== cppcheck"
+cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability -I include src/ ||
+    status=1
+
 for variant in build build-asan; do
     opts=()
     [ $variant = build-asan ] && opts=(-Db_sanitize=address,undefined -Db_lundef=false)
