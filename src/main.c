@@ -25,6 +25,7 @@ struct main_state {
     struct rl_listeners *listeners;
     uv_signal_t sigint;
     uv_signal_t sigterm;
+    uv_signal_t sighup;
 };
 
 static void
@@ -115,6 +116,15 @@ main_drop_privileges(const struct rl_config *cfg)
     return 0;
 }
 
+/* Reloading is not implemented yet; the default action of SIGHUP would
+ * end the daemon, which is the last thing an operator sending it wants. */
+static void
+main_on_sighup(uv_signal_t *sig, int signum)
+{
+    rl_log(RL_LOG_WARN, "received SIGHUP: configuration reload is not supported yet, "
+                        "restart relabel to apply changes");
+}
+
 static void
 main_on_signal(uv_signal_t *sig, int signum)
 {
@@ -132,6 +142,7 @@ main_on_signal(uv_signal_t *sig, int signum)
     rl_session_shutdown_all(&m->ctx);
     uv_close((uv_handle_t *)&m->sigint, NULL);
     uv_close((uv_handle_t *)&m->sigterm, NULL);
+    uv_close((uv_handle_t *)&m->sighup, NULL);
 }
 
 int
@@ -213,9 +224,11 @@ main(int argc, char **argv)
 
     uv_signal_init(&loop, &m.sigint);
     uv_signal_init(&loop, &m.sigterm);
-    m.sigint.data = m.sigterm.data = &m;
+    uv_signal_init(&loop, &m.sighup);
+    m.sigint.data = m.sigterm.data = m.sighup.data = &m;
     uv_signal_start(&m.sigint, main_on_signal, SIGINT);
     uv_signal_start(&m.sigterm, main_on_signal, SIGTERM);
+    uv_signal_start(&m.sighup, main_on_sighup, SIGHUP);
 
     rl_log(RL_LOG_INFO, "relabel ready version=%s config=%s listeners=%zu pid=%ld", RELABEL_VERSION,
            path, snap->cfg->nlisteners, (long)getpid());
