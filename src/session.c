@@ -727,7 +727,11 @@ session_relay_ehlo(struct rl_session *s, const struct rl_smtp_reply *r, const ch
     size_t n = 0;
 
     if (rl_smtp_ehlo_render(p, r->len, &o, out, sizeof(out), &n) != RL_SMTP_OK) {
-        session_relay_reply(s, r, p);
+        /* Never the upstream's list unfiltered (it may offer STARTTLS or
+         * CHUNKING): without a list that fits, the client gets none. */
+        rl_log(RL_LOG_WARN, "%s upstream EHLO reply too large to filter, no extensions offered",
+               s->id);
+        session_reply(s, "250 %s\r\n");
         return;
     }
     batch_send(&s->cl_out, out, n);

@@ -202,10 +202,16 @@ rl_smtp_hide(const char *text, size_t len, const char *const *names, size_t nnam
          * make a name absolute; they are kept, but not compared. */
         for (k = j; k > i && text[k - 1] == '.'; k--)
             ;
+        /* A token is written whole or not at all: cut short, a token that
+         * names nothing ("mailgunx") could become one that does. */
         if (k > i && hide_match(text + i, k - i, names, nnames)) {
+            if (rl + (j - k) > cap - o)
+                break;
             o = hide_put(out, cap, o, repl, rl);
             o = hide_put(out, cap, o, text + k, j - k);
         } else {
+            if (j - i > cap - o)
+                break;
             o = hide_put(out, cap, o, text + i, j - i);
         }
         i = j;

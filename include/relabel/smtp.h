@@ -115,7 +115,9 @@ bool rl_smtp_reply_line(const char *reply, size_t len, size_t *off, const char *
  * compared case-insensitively (so "mailgun.org" hides "smtp.mailgun.org" and
  * "mailgun" hides "Mailgun").  Trailing dots of a token are not compared but
  * kept ("smtp.mailgun.org." at the end of a sentence becomes repl + ".").
- * Output is truncated at cap.  Returns the number of bytes written.
+ * Output is truncated at cap, before the first token that does not fit
+ * whole (a token cut short could name the provider: "mailgunx" cut to
+ * "mailgun").  Returns the number of bytes written.
  */
 size_t rl_smtp_hide(const char *text, size_t len, const char *const *names, size_t nnames,
                     const char *repl, char *out, size_t cap);

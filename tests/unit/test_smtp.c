@@ -450,10 +450,15 @@ test_hide(void **state)
     hide_check("", "");
     hide_check("...", "...");
 
-    /* Truncated at cap. */
-    char out[8];
-    assert_int_equal(rl_smtp_hide(S("220 Mailgun ready"), mg_names, 3, "example", out, 6), 6);
-    assert_memory_equal(out, "220 ex", 6);
+    /* Truncated at cap, before a token that does not fit whole: a token
+     * cut short could name the provider ("mailgunx" -> "mailgun"). */
+    char out[16];
+    assert_int_equal(rl_smtp_hide(S("220 Mailgun ready"), mg_names, 3, "example", out, 6), 4);
+    assert_memory_equal(out, "220 ", 4);
+    assert_int_equal(rl_smtp_hide(S("250 mailgunxxxx ok"), mg_names, 3, "ex", out, 11), 4);
+    assert_memory_equal(out, "250 ", 4);
+    assert_int_equal(rl_smtp_hide(S("250 ab mailgun"), mg_names, 3, "ex", out, 9), 9);
+    assert_memory_equal(out, "250 ab ex", 9);
     assert_int_equal(rl_smtp_hide(S("Mailgun"), mg_names, 0, "x", out, sizeof(out)), 7);
     assert_memory_equal(out, "Mailgun", 7);
 }
