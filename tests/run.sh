@@ -21,7 +21,8 @@ build() { # dir, meson options...
 }
 
 echo "== format"
-if ! clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c; then
+if ! clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c tests/fuzz/*.c \
+    tests/fuzz/*.h; then
     echo "clang-format: sources are not formatted"; status=1
 fi
 
@@ -50,6 +51,12 @@ for variant in build build-asan; do
         --junitxml="$results/e2e-$variant.xml" || status=1
 done
 
+echo "== fuzzing (${FUZZ_SECONDS:-30}s per target)"
+tests/fuzz/run.sh >"$results/fuzz.log" 2>&1
+fuzz_rc=$?
+grep -E '^(==|fuzz )' "$results/fuzz.log"
+[ $fuzz_rc -eq 0 ] || { status=1; tail -60 "$results/fuzz.log"; }
+
 $py - "$results" <<'PY'
 import glob, sys, xml.etree.ElementTree as ET
 passed = failed = skipped = 0
@@ -62,6 +69,17 @@ for f in glob.glob(sys.argv[1] + "/*.xml"):
             skipped += 1
         else:
             passed += 1
+# One result per fuzz target, from the runner's summary.
+try:
+    log = open(sys.argv[1] + "/fuzz.log").read().split("== fuzz summary")[-1]
+    for line in log.splitlines():
+        if line.startswith("fuzz "):
+            if " execs," in line:
+                passed += 1
+            else:
+                failed += 1
+except OSError:
+    pass
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 PY
 rm -rf "$results"
