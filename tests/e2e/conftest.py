@@ -15,7 +15,8 @@ Fixtures (see harness.py for the classes):
                        -> a started AioUpstream (aiosmtpd, Mailgun look-alike)
     scripted_factory   make(**knobs) -> a started ScriptedUpstream (faults)
     relabel_factory    make(upstream_port, upstream_tls, relabel_opts=..., listener_opts=...,
-                       brand_opts=..., upstream_opts=..., expect_start=True)
+                       brand_opts=..., upstream_opts=..., wrapper=None, start_timeout=10,
+                       stop_timeout=10)
                        -> a started Relabel; stopped with SIGTERM at teardown, exit 0 asserted
     relay              parametrized over the four modes (client implicit/starttls x
                        upstream implicit/starttls): .session() gives a client at relay state
@@ -100,22 +101,24 @@ def relabel_factory(certs, relabel_binary, tmp_path):
     made = []
 
     def make(upstream_port, upstream_tls="implicit", relabel_opts=None, listener_opts=None,
-             brand_opts=None, upstream_opts=None):
+             brand_opts=None, upstream_opts=None, wrapper=None, start_timeout=h.TIMEOUT,
+             stop_timeout=h.TIMEOUT):
         ports = {"smtps": h.free_port(), "submission": h.free_port()}
         cfg = h.relabel_config(certs, upstream_port, upstream_tls, ports, relabel_opts,
                                listener_opts, brand_opts, upstream_opts)
         path = str(tmp_path / f"relabel-{len(made)}.ini")
         with open(path, "w") as f:
             f.write(cfg.text())
-        r = h.Relabel(relabel_binary, path, ports)
+        r = h.Relabel(relabel_binary, path, ports, wrapper=wrapper)
         r.config = cfg
+        r.stop_timeout = stop_timeout
         made.append(r)
-        return r.start()
+        return r.start(timeout=start_timeout)
 
     yield make
     problems = []
     for r in made:
-        rc, killed = r.stop()
+        rc, killed = r.stop(timeout=r.stop_timeout)
         if killed or rc != 0:
             problems.append(f"relabel pid {r.pid}: exit code {rc}{' (SIGKILL)' if killed else ''}"
                             f" after SIGTERM; log tail:\n{r.log[-4000:]}")
@@ -176,6 +179,11 @@ def relay_ii(request, upstream_factory, relabel_factory, client_ctx):
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "testssl: TLS audit with testssl.sh (slow); deselect with -m \"not testssl\"")
+    config.addinivalue_line(
+        "markers", "valgrind: relabel under valgrind memcheck (slow); deselect with "
+                   "-m \"not valgrind\"")
     config.addinivalue_line(
         "markers", "relabel_opts(**kw): options for the relay fixtures' relabel_factory call "
                    "(relabel_opts=, listener_opts=, ...; data_delay= for the upstream)")

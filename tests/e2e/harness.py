@@ -148,8 +148,9 @@ class Command:
 
 
 class Message:
-    def __init__(self, mail_from, rcpt_tos, data, auth_user=None, tls=True):
+    def __init__(self, mail_from, rcpt_tos, data, auth_user=None, tls=True, reply=None):
         self.mail_from = mail_from
+        self.reply = reply  # ScriptedUpstream: the code it answered to the end of data
         self.rcpt_tos = list(rcpt_tos)
         self.data = bytes(data)
         self.auth_user = auth_user
@@ -427,6 +428,96 @@ class LineSock:
 # --------------------------------------------------------------------------
 # the scripted upstream
 
+class Fault:
+    """
+    One fault for ScriptedUpstream, injected at a protocol point of its
+    first faulted connection.
+
+    Points (where the upstream is about to write `reply`, or None when no
+    reply is due):
+      greeting   before the 220 greeting (after the TLS handshake in implicit mode)
+      EHLO-plain relabel's own EHLO before STARTTLS (tls = starttls only)
+      STARTTLS   the 220 to relabel's STARTTLS (tls = starttls only)
+      EHLO       the client's (relayed) EHLO, TLS up
+      AUTH       the final reply to AUTH (235)
+      MAIL, RCPT, DATA   the reply to that command of message `nth`
+      354        right after the 354 (no reply due)
+      body       after `after` bytes of message data (no reply due)
+      dot        the reply to the end of data
+      after-dot  right after the reply to the end of data (no reply due)
+
+    Kinds:
+      rst          connection reset (SO_LINGER 0), no reply
+      fin          clean TCP close (shutdown, drain, close), no reply; over TLS
+                   without close_notify
+      close_notify TLS close_notify, then FIN (plain TCP: same as fin)
+      stall        no reply, never again; the connection stays open until
+                   relabel closes it
+      garbage      b"xyz\\r\\n" instead of the reply (unsolicited when none is due)
+      extra        the reply twice (an unsolicited 250 when none is due)
+      override     `code_text` instead of the reply (when none is due: an
+                   early reply at 354/body; the reply to the next command at
+                   after-dot)
+      inject       the reply, then INJECT (a burst of would-be replies)
+
+    After garbage, extra, inject or an early override the connection is
+    "tainted": every later end of data is answered 554, so a 2xx that a
+    client receives for such a message cannot have come from the upstream.
+    """
+
+    POINTS = ("greeting", "EHLO-plain", "STARTTLS", "EHLO", "AUTH", "MAIL", "RCPT", "DATA", "354",
+              "body", "dot", "after-dot")
+    KINDS = ("rst", "fin", "close_notify", "stall", "garbage", "extra", "override", "inject")
+    NO_REPLY_POINTS = ("354", "body", "after-dot")
+    FATAL = ("rst", "fin", "close_notify", "stall")
+    OVERRIDE = {
+        "greeting": "554 5.3.2 no SMTP service here",
+        "EHLO-plain": "554 5.7.1 EHLO refused",
+        "STARTTLS": "454 4.7.0 TLS not available now",
+        "EHLO": "550 5.7.1 EHLO refused",
+        "AUTH": "454 4.7.0 temporary authentication failure",
+        "MAIL": "452 4.3.1 insufficient system storage",
+        "RCPT": "550 5.1.1 no such user here",
+        "DATA": "554 5.5.1 no valid recipients",
+        "354": "554 5.6.0 early reject",
+        "body": "554 5.6.0 early reject",
+        "dot": "554 5.7.1 message rejected",
+        "after-dot": "452 4.5.3 too many messages in this session",
+    }
+    INJECT = (b"250 2.1.0 injected-mail\r\n250 2.1.5 injected-rcpt\r\n354 injected-go-ahead\r\n"
+              b"250 2.0.0 injected-queued\r\n")
+    GARBAGE = b"xyz\r\n"
+
+    def __init__(self, at, kind, code_text=None, after=64 * 1024, nth=1):
+        assert at in self.POINTS, at
+        assert kind in self.KINDS, kind
+        self.at = at
+        self.kind = kind
+        self.code_text = code_text or self.OVERRIDE[at]
+        self.after = after
+        self.nth = nth
+
+    def __repr__(self):
+        extra = f" {self.code_text!r}" if self.kind == "override" else ""
+        return f"<Fault {self.kind} at {self.at}{extra}>"
+
+
+class _EndSession(Exception):
+    """A fault ended the scripted session (the socket is already dealt with)."""
+
+
+class _ConnState:
+    def __init__(self, ls, conn, fault):
+        self.ls = ls
+        self.conn = conn
+        self.fault = fault
+        self.fired = False
+        self.tainted = False
+        self.override_next = None
+        self.tls_on = False
+        self.msg_no = 0  # the message the current MAIL/RCPT/DATA belongs to
+
+
 class ScriptedUpstream:
     """
     A small SMTP server with knobs for misbehaviour.
@@ -438,12 +529,19 @@ class ScriptedUpstream:
       drop_on        verb (e.g. "RCPT"): close the connection without a reply
       stall_on       verb: never reply to it (keep the connection open)
       data_mode      "normal" | "reset" (RST after reset_after data bytes) |
-                     "slow" (read DATA at slow_rate bytes/s)
+                     "slow" (read DATA at slow_rate bytes/s) |
+                     "stop" (stop reading after reset_after data bytes for
+                     stop_secs, then read until relabel has closed)
+      fault          a Fault for the first connection (see arm())
+
+    Every message it reads is recorded (Message.reply: the code it answered
+    to the end of data, None if it never answered).
     """
 
     def __init__(self, certs, tls="implicit", cert="upstream", offer_starttls=True,
                  starttls_extra=b"", drop_on=None, stall_on=None, data_mode="normal",
-                 reset_after=64 * 1024, slow_rate=16 * 1024 * 1024):
+                 reset_after=64 * 1024, slow_rate=16 * 1024 * 1024, fault=None, backlog=16,
+                 stop_secs=5.0):
         self.certs = certs
         self.tls = tls
         self.ctx = server_context(certs, cert)
@@ -454,6 +552,8 @@ class ScriptedUpstream:
         self.data_mode = data_mode
         self.reset_after = reset_after
         self.slow_rate = slow_rate
+        self.backlog = backlog
+        self.stop_secs = stop_secs
         self.port = free_port()
         self.recorder = Recorder()
         self.errors = []
@@ -461,13 +561,21 @@ class ScriptedUpstream:
         self._threads = []
         self._socks = []
         self._lock = threading.Lock()
+        self._armed = []  # faults for the next connections, in order
+        if fault is not None:
+            self._armed.append(fault)
         self.lsock = None
+
+    def arm(self, fault, conns=1):
+        """The next `conns` connections each get `fault` (None: clears)."""
+        with self._lock:
+            self._armed = [] if fault is None else [fault] * conns
 
     def start(self):
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind((LOCALHOST, self.port))
-        self.lsock.listen(16)
+        self.lsock.listen(self.backlog)
         self.lsock.settimeout(0.1)
         t = threading.Thread(target=self._accept_loop, daemon=True)
         t.start()
@@ -501,40 +609,135 @@ class ScriptedUpstream:
                 return
             with self._lock:
                 self._socks.append(s)
-            t = threading.Thread(target=self._serve, args=(s, peer), daemon=True)
+                fault = self._armed.pop(0) if self._armed else None
+            t = threading.Thread(target=self._serve, args=(s, peer, fault), daemon=True)
             t.start()
-            self._threads.append(t)
+            with self._lock:
+                self._threads = [x for x in self._threads if x.is_alive()] + [t]
 
-    def _serve(self, s, peer):
+    def _serve(self, s, peer, fault=None):
+        # every reply (and every injected fault) leaves at once, not held
+        # back by Nagle until relabel's delayed ACK
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = self.recorder.new_conn(peer)
+        conn.fault = fault
+        conn.fired = False
         ls = LineSock(s, timeout=30)
         try:
-            self._session(ls, conn)
+            self._session(ls, conn, fault)
+        except _EndSession:
+            pass
         except (ConnectionClosed, OSError, ssl.SSLError, ValueError) as e:
             conn.notes.append(f"ended: {e!r}")
         finally:
-            conn.closed = True
             if not getattr(ls, "was_reset", False):
                 ls.close()
+            with self._lock:
+                if s in self._socks:
+                    self._socks.remove(s)
+            conn.closed = True
 
     def _reply(self, ls, *lines):
+        ls.send(self._render(*lines))
+
+    @staticmethod
+    def _render(*lines):
         out = b""
         for i, l in enumerate(lines):
             code, text = l[:3], l[4:]
             sep = "-" if i < len(lines) - 1 else " "
             out += f"{code}{sep}{text}\r\n".encode()
-        ls.send(out)
+        return out
 
-    def _session(self, ls, conn):
-        tls_on = False
+    # ---- faults -----------------------------------------------------------
+
+    def _drain_until_closed(self, ls, limit):
+        """Reads and drops bytes until the peer closes (or limit seconds, or stop())."""
+        deadline = time.monotonic() + limit
+        ls.buf.clear()
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            ls.settimeout(0.2)
+            try:
+                ls._fill()
+                ls.buf.clear()
+            except (socket.timeout, TimeoutError):
+                continue
+            except (ConnectionClosed, OSError, ValueError):
+                return True
+        return False
+
+    def _fin(self, ls):
+        try:
+            ls.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._drain_until_closed(ls, 5)
+
+    def _emit(self, st, point, reply):
+        """Writes `reply` (bytes or None) at `point`, or injects the armed fault there."""
+        ls, f = st.ls, st.fault
+        if point in ("MAIL", "RCPT", "DATA") and st.override_next is not None:
+            reply, st.override_next = st.override_next, None
+        fire = (f is not None and not st.fired and f.at == point
+                and (point not in ("MAIL", "RCPT", "DATA", "354", "body", "dot", "after-dot")
+                     or st.msg_no == f.nth))
+        if not fire:
+            if reply:
+                ls.send(reply)
+            return
+        st.fired = st.conn.fired = True
+        st.conn.notes.append(f"fault fired: {f!r}")
+        kind = f.kind
+        if kind == "rst":
+            ls.reset()
+            ls.was_reset = True
+            raise _EndSession()
+        if kind == "fin":
+            self._fin(ls)
+            raise _EndSession()
+        if kind == "close_notify":
+            if isinstance(ls.sock, ssl.SSLSocket):
+                ls.settimeout(1)
+                try:
+                    ls.sock = ls.sock.unwrap()
+                except (OSError, ssl.SSLError, ValueError) as e:
+                    st.conn.notes.append(f"unwrap: {e!r}")
+            self._fin(ls)
+            raise _EndSession()
+        if kind == "stall":
+            self._drain_until_closed(ls, 60)
+            raise _EndSession()
+        st.tainted = True
+        if kind == "garbage":
+            ls.send(Fault.GARBAGE)
+        elif kind == "extra":
+            ls.send((reply or b"") + (reply or b"250 2.0.0 OK unsolicited\r\n"))
+        elif kind == "inject":
+            ls.send((reply or b"") + Fault.INJECT)
+        elif kind == "override":
+            over = self._render(f.code_text)
+            if point == "after-dot":
+                st.tainted = False  # nothing was sent yet: the next reply is the override
+                st.override_next = over
+                if reply:
+                    ls.send(reply)
+            else:
+                ls.send(over)
+
+    # ---- the dialogue -----------------------------------------------------
+
+    def _session(self, ls, conn, fault=None):
+        st = _ConnState(ls, conn, fault)
         if self.tls == "implicit":
             ls.wrap_server(self.ctx)
-            tls_on = True
-        ls.send(f"220 {UPSTREAM_HOSTNAME} ESMTP {UPSTREAM_IDENT}\r\n")
+            st.tls_on = True
+        self._emit(st, "greeting", f"220 {UPSTREAM_HOSTNAME} ESMTP {UPSTREAM_IDENT}\r\n".encode())
+        if fault is not None and fault.at == "greeting" and fault.kind == "override":
+            conn.notes.append("refused at greeting")
         mail_from, rcpts, user = None, [], None
         while not self._stop.is_set():
             line = ls.readline()
-            cmd = Command(line, tls_on)
+            cmd = Command(line, st.tls_on)
             conn.commands.append(cmd)
             verb = cmd.verb
             arg = line.strip()[len(verb) + 1:].decode("latin-1")
@@ -543,47 +746,70 @@ class ScriptedUpstream:
                 ls.was_reset = True
                 return
             if self.stall_on and verb == self.stall_on:
-                self._stop.wait(60)
+                self._drain_until_closed(ls, 60)
                 return
             if verb in ("EHLO", "HELO"):
                 caps = [f"250 {UPSTREAM_HOSTNAME}", f"250 SIZE {UPSTREAM_SIZE}", "250 8BITMIME",
                         "250 PIPELINING", "250 ENHANCEDSTATUSCODES"]
-                if self.tls == "starttls" and not tls_on and self.offer_starttls:
+                if self.tls == "starttls" and not st.tls_on and self.offer_starttls:
                     caps.append("250 STARTTLS")
-                if tls_on:
+                if st.tls_on:
                     caps.append("250 AUTH PLAIN LOGIN")
                 if verb == "HELO":
                     caps = caps[:1]
-                self._reply(ls, *caps)
+                self._emit(st, "EHLO" if st.tls_on else "EHLO-plain", self._render(*caps))
             elif verb == "STARTTLS":
-                if tls_on or self.tls != "starttls" or not self.offer_starttls:
+                if st.tls_on or self.tls != "starttls" or not self.offer_starttls:
                     self._reply(ls, "503 5.5.1 TLS already active or not available")
                     continue
-                ls.send(b"220 2.0.0 Ready to start TLS\r\n" + self.starttls_extra)
+                self._emit(st, "STARTTLS", b"220 2.0.0 Ready to start TLS\r\n" + self.starttls_extra)
+                if fault is not None and fault.at == "STARTTLS" and fault.kind != "inject":
+                    # the reply was refused or garbled: no TLS follows
+                    continue
                 if ls.buf:
                     conn.notes.append(f"client sent bytes after STARTTLS: {bytes(ls.buf)!r}")
                     ls.buf.clear()
                 ls.wrap_server(self.ctx)
-                tls_on = True
+                st.tls_on = True
                 mail_from, rcpts, user = None, [], None
             elif verb == "AUTH":
-                user = self._auth(ls, conn, arg, tls_on)
+                user = self._auth(st, arg)
             elif verb == "MAIL":
+                st.msg_no += 1
                 mail_from, rcpts = arg.split(":", 1)[1].strip().split()[0].strip("<>"), []
-                self._reply(ls, "250 2.1.0 OK")
+                self._emit(st, "MAIL", b"250 2.1.0 OK\r\n")
             elif verb == "RCPT":
                 rcpts.append(arg.split(":", 1)[1].strip().split()[0].strip("<>"))
-                self._reply(ls, "250 2.1.5 OK")
+                self._emit(st, "RCPT", b"250 2.1.5 OK\r\n")
             elif verb == "DATA":
                 if not rcpts:
                     self._reply(ls, "503 5.5.1 need RCPT")
                     continue
-                self._reply(ls, "354 Start mail input; end with <CRLF>.<CRLF>")
-                data = self._read_data(ls, conn)
+                before = (st.fired, st.override_next)
+                self._emit(st, "DATA", b"354 Start mail input; end with <CRLF>.<CRLF>\r\n")
+                if (st.fired and not before[0] and fault.kind == "override") or (
+                        before[1] is not None and st.override_next is None):
+                    continue  # DATA refused: no message follows
+                self._emit(st, "354", None)
+                data = self._read_data(ls, conn, st)
                 if data is None:
                     return
-                self.recorder.add_message(Message(mail_from, rcpts, unstuff(data), user, tls_on))
-                self._reply(ls, f"250 2.0.0 Great success ({UPSTREAM_HOSTNAME})")
+                msg = Message(mail_from, rcpts, unstuff(data), user, st.tls_on)
+                self.recorder.add_message(msg)
+                if st.tainted:
+                    dot = b"554 5.7.1 rejected: this session saw a protocol fault\r\n"
+                else:
+                    dot = f"250 2.0.0 Great success ({UPSTREAM_HOSTNAME})\r\n".encode()
+                if fault is not None and fault.at == "dot" and fault.kind == "override" \
+                        and not st.fired and st.msg_no == fault.nth:
+                    msg.reply = int(fault.code_text[:3])
+                elif fault is not None and fault.at == "dot" and not st.fired \
+                        and st.msg_no == fault.nth and fault.kind in ("garbage",) + Fault.FATAL:
+                    msg.reply = None
+                else:
+                    msg.reply = int(dot[:3])
+                self._emit(st, "dot", dot)
+                self._emit(st, "after-dot", None)
                 mail_from, rcpts = None, []
             elif verb in ("RSET", "NOOP"):
                 if verb == "RSET":
@@ -595,7 +821,8 @@ class ScriptedUpstream:
             else:
                 self._reply(ls, "500 5.5.2 unrecognized command")
 
-    def _auth(self, ls, conn, arg, tls_on):
+    def _auth(self, st, arg):
+        ls, conn, tls_on = st.ls, st.conn, st.tls_on
         if not tls_on:
             self._reply(ls, "538 5.7.11 Encryption required")
             return None
@@ -618,17 +845,19 @@ class ScriptedUpstream:
             self._reply(ls, "504 5.5.4 mechanism not supported")
             return None
         if u == USER.encode() and p == PASSWORD.encode():
-            self._reply(ls, "235 2.7.0 Authentication successful")
+            self._emit(st, "AUTH", b"235 2.7.0 Authentication successful\r\n")
             return USER
-        self._reply(ls, "535 5.7.8 Authentication credentials invalid")
+        self._emit(st, "AUTH", b"535 5.7.8 Authentication credentials invalid\r\n")
         return None
 
-    def _read_data(self, ls, conn):
+    def _read_data(self, ls, conn, st=None):
         """Returns the stuffed data without the end line, or None after a reset."""
         buf = bytearray()
         received = 0
         search_from = 0
         started = time.monotonic()
+        body_fault = (st is not None and st.fault is not None and st.fault.at == "body"
+                      and not st.fired and st.msg_no == st.fault.nth)
         while True:
             if buf[:3] == b".\r\n":
                 ls.buf[0:0] = buf[3:]
@@ -638,12 +867,25 @@ class ScriptedUpstream:
                 ls.buf[0:0] = buf[i + 5:]
                 return bytes(buf[: i + 2])
             search_from = max(0, len(buf) - 4)
+            if body_fault and received >= st.fault.after:
+                body_fault = False
+                self._emit(st, "body", None)  # raises for the fatal kinds
             if self.data_mode == "reset" and received >= self.reset_after:
                 conn.notes.append(f"reset after {received} data bytes")
                 ls.reset()
                 ls.was_reset = True
                 return None
-            chunk = ls.recv_some(65536)
+            if self.data_mode == "stop" and received >= self.reset_after:
+                # read nothing for stop_secs (the peer's FIN cannot reach us
+                # behind a full window), then drain until the peer is gone
+                conn.notes.append(f"stopped reading after {received} data bytes")
+                self._stop.wait(self.stop_secs)
+                self._drain_until_closed(ls, 30)
+                raise _EndSession()
+            want = 65536
+            if body_fault:
+                want = max(1, min(want, st.fault.after - received))
+            chunk = ls.recv_some(want)
             received += len(chunk)
             buf += chunk
             if self.data_mode == "slow":
@@ -730,8 +972,9 @@ class Relabel:
 
     READY = "relabel ready"
 
-    def __init__(self, binary, config_path, ports):
+    def __init__(self, binary, config_path, ports, wrapper=None):
         self.binary = binary
+        self.wrapper = list(wrapper or [])  # e.g. ["valgrind", "--tool=memcheck", ...]
         self.config_path = config_path
         self.ports = ports
         self.proc = None
@@ -758,7 +1001,7 @@ class Relabel:
                 self._ready.set()
 
     def start(self, timeout=TIMEOUT):
-        self.proc = subprocess.Popen([self.binary, "-c", self.config_path],
+        self.proc = subprocess.Popen(self.wrapper + [self.binary, "-c", self.config_path],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -782,6 +1025,9 @@ class Relabel:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
+
+    def fd_count(self):
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def stop(self, timeout=TIMEOUT):
         """SIGTERM, wait, SIGKILL if needed.  Returns (exit code, killed)."""
