@@ -218,7 +218,11 @@ batch_send(struct batch *bt, const char *p, size_t n)
 
     if (bt->c == NULL || rl_conn_closing(bt->c))
         return RL_E_PROTO;
-    if (n > rl_buf_room(&bt->b))
+    /* What was gathered goes first, also before a large piece that is
+     * written directly: letting a body run overtake the "\r\n" or "."
+     * gathered before it would rewrite the message (a bare LF plus 8 KiB
+     * of body turned into an early end of data: SMTP smuggling). */
+    if (n > rl_buf_room(&bt->b) || n >= BATCH_MAX / 2)
         batch_flush(bt);
     if (n >= BATCH_MAX / 2)
         rc = rl_conn_write(bt->c, p, n);

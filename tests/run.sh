@@ -21,8 +21,8 @@ build() { # dir, meson options...
 }
 
 echo "== format"
-if ! clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c tests/fuzz/*.c \
-    tests/fuzz/*.h; then
+if ! clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c tests/fuzz/*.c tests/fuzz/session/*.c \
+    tests/fuzz/*.h tests/fuzz/session/*.h; then
     echo "clang-format: sources are not formatted"; status=1
 fi
 

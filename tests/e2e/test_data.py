@@ -53,6 +53,28 @@ def test_smuggling_never_makes_second_message(relay, ending):
         assert b"evil body" in m.data and m.mail_from == "honest@example.net"
 
 
+@pytest.mark.parametrize("ending", list(SMUGGLE_ENDINGS), ids=list(SMUGGLE_ENDINGS))
+def test_smuggling_with_large_body_run(relay, ending):
+    # A bare ending followed, in the same read, by more than 8 KiB of body:
+    # the scanner emits the inserted CRLF and dot as small pieces and the
+    # rest as one large run, which must not overtake them on the way
+    # upstream (found by the session fuzzer: the upstream saw an empty
+    # message and then the smuggled commands).
+    c = relay.session()
+    open_data(c)
+    filler = b"".join(b"%04d" % i + b"x" * 694 + b"\r\n" for i in range(12))
+    c.send(b"a" + SMUGGLE_ENDINGS[ending] + SMUGGLED + filler + b".\r\n")
+    r = c.read_reply()
+    assert r.code == 250, r
+    assert c.cmd("QUIT").code == 221
+    h.wait_for(relay.upstream.recorder.all_closed, what="upstream session end")
+    (m,) = relay.upstream.messages  # one message, not an empty one plus a smuggled one
+    assert not h.has_bare_cr_lf(m.data), m.data[:200]
+    assert m.mail_from == "honest@example.net"
+    assert b"MAIL FROM:<evil@x.example>" in m.data
+    assert m.data.endswith(filler)
+
+
 @pytest.mark.parametrize("body,expected", [
     (b"a\nb\r\n", b"a\r\nb\r\n"),
     (b"a\rb\r\n", b"a\r\nb\r\n"),
