@@ -142,7 +142,8 @@ v2_build(unsigned char *out, unsigned cmd, unsigned fam, const unsigned char *bo
     out[13] = (unsigned char)fam;
     out[14] = (unsigned char)(blen >> 8);
     out[15] = (unsigned char)blen;
-    memcpy(out + 16, body, blen);
+    if (blen > 0)
+        memcpy(out + 16, body, blen);
     return 16 + blen;
 }
 
