@@ -46,7 +46,8 @@ struct rl_conn {
 
     unsigned timeout_ms;
     int err;
-    int handles; /* open handles; freed when it drops to 0 */
+    int write_err; /* first failed rl_conn_write(); every later one fails */
+    int handles;   /* open handles; freed when it drops to 0 */
     unsigned long long bytes_in;
     unsigned long long bytes_out;
 
@@ -267,12 +268,16 @@ rl_conn_write(struct rl_conn *c, const void *p, size_t n)
 
     if (c->closing)
         return RL_E_PROTO;
+    if (c->write_err != 0)
+        return c->write_err; /* sticky: no byte may follow a lost one */
     if (c->tls != NULL && c->hs_done)
         rc = rl_tls_write(c->tls, p, n);
     else
         rc = rl_buf_append(&c->out, p, n);
-    if (rc < 0)
+    if (rc < 0) {
+        c->write_err = rc;
         return rc;
+    }
     conn_flush(c);
     return 0;
 }

@@ -139,6 +139,8 @@ struct rl_session {
     bool auth_login_user; /* next AUTH LOGIN continuation is the user name */
     bool auth_plain_user; /* next AUTH PLAIN continuation holds the user name */
     bool discard_quiet;   /* CL_DISCARD of an AUTH response: "*" already answers it */
+    bool relayed_state;   /* AUTH or MAIL went upstream (login or transaction there) */
+    bool quit_sent;       /* QUIT went upstream: no courtesy QUIT on close */
 
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
@@ -200,7 +202,7 @@ session_host(const struct rl_session *s)
 static void
 batch_flush(struct batch *bt)
 {
-    if (bt->c != NULL && rl_buf_len(&bt->b) > 0 && !rl_conn_closing(bt->c)) {
+    if (bt->c != NULL && bt->err == 0 && rl_buf_len(&bt->b) > 0 && !rl_conn_closing(bt->c)) {
         int rc = rl_conn_write(bt->c, rl_buf_data(&bt->b), rl_buf_len(&bt->b));
 
         if (rc < 0 && bt->err == 0)
@@ -216,14 +218,23 @@ batch_send(struct batch *bt, const char *p, size_t n)
 {
     int rc;
 
+    /* After a failed write nothing more goes to that leg: bytes written
+     * after a lost piece would reach the peer in a different order than
+     * relabel meant (a lost "\r\n." turns a body line into an end of
+     * data). */
+    if (bt->err != 0)
+        return bt->err;
     if (bt->c == NULL || rl_conn_closing(bt->c))
         return RL_E_PROTO;
     /* What was gathered goes first, also before a large piece that is
      * written directly: letting a body run overtake the "\r\n" or "."
      * gathered before it would rewrite the message (a bare LF plus 8 KiB
      * of body turned into an early end of data: SMTP smuggling). */
-    if (n > rl_buf_room(&bt->b) || n >= BATCH_MAX / 2)
+    if (n > rl_buf_room(&bt->b) || n >= BATCH_MAX / 2) {
         batch_flush(bt);
+        if (bt->err != 0)
+            return bt->err;
+    }
     if (n >= BATCH_MAX / 2)
         rc = rl_conn_write(bt->c, p, n);
     else
@@ -451,7 +462,8 @@ session_close(struct rl_session *s, const char *why)
 
     s->closing = true;
     snprintf(s->reason, sizeof(s->reason), "%s", why);
-    if (s->up != NULL && s->up_state == UP_READY && !mid_message && s->fifo_len == 0)
+    if (s->up != NULL && s->up_state == UP_READY && !mid_message && s->fifo_len == 0 &&
+        !s->quit_sent)
         batch_send(&s->up_out, "QUIT\r\n", 6); /* courtesy; its reply is not awaited */
     session_flush(s);
     session_log_end(s);
@@ -612,6 +624,13 @@ session_up_ready(struct rl_session *s)
 {
     struct rl_tls *t = rl_conn_tls(s->up);
 
+    if (rl_buf_len(rl_conn_in(s->up)) > 0) {
+        /* Bytes nothing asked for (after the greeting, or right after the
+         * handshake): taken as a reply, they would answer the client's
+         * first command. */
+        session_up_fail(s, REPLY_UP_LOST, "unsolicited data before the first command");
+        return;
+    }
     snprintf(s->up_tls, sizeof(s->up_tls), "%s", rl_tls_version(t));
     snprintf(s->up_cipher, sizeof(s->up_cipher), "%s", rl_tls_cipher(t));
     session_enter_up(s, UP_READY);
@@ -1002,6 +1021,14 @@ session_client_starttls(struct rl_session *s)
         session_local(s, "503 5.5.1 STARTTLS must not be pipelined\r\n", false);
         return true;
     }
+    if (s->relayed_state) {
+        /* require_tls = no: the upstream leg already holds a login or a
+         * transaction from the plaintext part, which RFC 3207 §4.2 says
+         * must not survive STARTTLS; the upstream cannot be told to forget
+         * a login, so STARTTLS is only possible before AUTH and MAIL. */
+        session_reply(s, "503 5.5.1 STARTTLS must come before AUTH and MAIL\r\n");
+        return true;
+    }
     session_reply(s, "220 2.0.0 Ready to start TLS\r\n");
     batch_flush(&s->cl_out);
     session_enter_cl(s, CL_STARTTLS);
@@ -1092,6 +1119,10 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
         break;
     }
     }
+    if (cmd->verb == RL_SMTP_AUTH || cmd->verb == RL_SMTP_MAIL)
+        s->relayed_state = true;
+    if (cmd->verb == RL_SMTP_QUIT)
+        s->quit_sent = true;
     session_relay_line(s, cmd->line, cmd->line_len);
     fifo_push(s, (struct pending){.kind = P_CMD, .verb = cmd->verb});
     return true;
@@ -1318,7 +1349,9 @@ session_client_tls_ready(struct rl_session *s)
         session_reply(s, greet);
     }
     /* RFC 3207 §4.2: after STARTTLS everything learnt before is forgotten;
-     * the client must send EHLO again.  Nothing was relayed before. */
+     * the client must send EHLO again.  Nothing but EHLO, HELO, NOOP, RSET
+     * or VRFY-like queries was relayed before (see session_client_starttls),
+     * and the client's next EHLO resets the upstream's state as well. */
     session_enter_cl(s, CL_COMMAND);
     session_set_timeouts(s, true);
     session_up_start(s);

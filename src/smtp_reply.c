@@ -147,23 +147,35 @@ hide_equal(const char *a, const char *b, size_t n)
     return true;
 }
 
-/* Whole-label match only: "smtp.mailgun.org" names the provider,
- * "notmailgun.org" does not. */
+/* Labels are separated by dots and, for this purpose, hyphens. */
+static bool
+hide_is_sep(char c)
+{
+    return c == '.' || c == '-' || c == '_';
+}
+
+/*
+ * A token names the provider when one of the names occurs in it as a run of
+ * whole labels: "smtp.mailgun.org", "mailgun-eu" and "Mailgun" do,
+ * "notmailgun.org" and "mailgunner" do not.  Such a token is replaced as a
+ * whole, so no part of a provider host name is left behind.
+ */
 static bool
 hide_match(const char *tok, size_t n, const char *const *names, size_t nnames)
 {
     size_t i;
 
     for (i = 0; i < nnames; i++) {
-        size_t nl;
+        size_t nl, at;
 
         if (names[i] == NULL || names[i][0] == '\0')
             continue;
         nl = strlen(names[i]);
-        if (n == nl && hide_equal(tok, names[i], nl))
-            return true;
-        if (n > nl && tok[n - nl - 1] == '.' && hide_equal(tok + n - nl, names[i], nl))
-            return true;
+        for (at = 0; nl <= n && at <= n - nl; at++) {
+            if ((at == 0 || hide_is_sep(tok[at - 1])) &&
+                (at + nl == n || hide_is_sep(tok[at + nl])) && hide_equal(tok + at, names[i], nl))
+                return true;
+        }
     }
     return false;
 }

@@ -66,7 +66,9 @@ int rl_conn_start_tls(struct rl_conn *c, const struct rl_tls_conf *conf, const c
 struct rl_buf *rl_conn_in(struct rl_conn *c);
 
 /* Queues plaintext for the peer (encrypted if TLS is on) and starts writing.
- * Returns 0, or RL_E_FULL / RL_E_NOMEM / RL_E_TLS (the owner closes). */
+ * Returns 0, or RL_E_FULL / RL_E_NOMEM / RL_E_TLS (the owner closes).  A
+ * failure is sticky: every later call fails too, so no byte is ever sent
+ * after one that was lost. */
 int rl_conn_write(struct rl_conn *c, const void *p, size_t n);
 
 /* True when the write queue is above its high-water mark: stop feeding this

@@ -111,13 +111,15 @@ bool rl_smtp_reply_line(const char *reply, size_t len, size_t *off, const char *
 /*
  * Copies text to out (capacity cap), replacing every token that names the
  * provider by `repl`.  A token is a maximal run of [A-Za-z0-9._-]; it names
- * the provider when it equals one of names[] or ends with "." + one of them,
- * compared case-insensitively (so "mailgun.org" hides "smtp.mailgun.org" and
- * "mailgun" hides "Mailgun").  Trailing dots of a token are not compared but
- * kept ("smtp.mailgun.org." at the end of a sentence becomes repl + ".").
- * Output is truncated at cap, before the first token that does not fit
- * whole (a token cut short could name the provider: "mailgunx" cut to
- * "mailgun").  Returns the number of bytes written.
+ * the provider when one of names[] occurs in it as a run of whole labels
+ * (labels separated by '.', '-' or '_'), compared case-insensitively: so
+ * "mailgun.org" hides "smtp.mailgun.org", "mailgun" hides "Mailgun" and
+ * "mailgun-eu", while "notmailgun.org" and "mailgunner" stay.  Trailing dots
+ * of a token are not compared but kept ("smtp.mailgun.org." at the end of a
+ * sentence becomes repl + ".").  Output is truncated at cap, before the
+ * first token that does not fit whole (a token cut short could name the
+ * provider: "mailgunx" cut to "mailgun").  Returns the number of bytes
+ * written.
  */
 size_t rl_smtp_hide(const char *text, size_t len, const char *const *names, size_t nnames,
                     const char *repl, char *out, size_t cap);

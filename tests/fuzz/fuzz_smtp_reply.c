@@ -33,15 +33,18 @@ reply_is_token(char c)
 static bool
 reply_names_provider(const char *tok, size_t n)
 {
-    size_t i;
-
-    for (i = 0; i < REPLY_NNAMES; i++) {
+    /* A name occurs as whole labels: bounded by the token's ends or by
+     * '.', '-' or '_' on both sides. */
+    for (size_t i = 0; i < REPLY_NNAMES; i++) {
         size_t nl = strlen(reply_names[i]);
 
-        if (n == nl && fuzz_ieq(tok, n, reply_names[i]))
-            return true;
-        if (n > nl && tok[n - nl - 1] == '.' && fuzz_ieq(tok + n - nl, nl, reply_names[i]))
-            return true;
+        for (size_t at = 0; nl <= n && at + nl <= n; at++) {
+            bool left = at == 0 || strchr(".-_", tok[at - 1]) != NULL;
+            bool right = at + nl == n || strchr(".-_", tok[at + nl]) != NULL;
+
+            if (left && right && fuzz_ieq(tok + at, nl, reply_names[i]))
+                return true;
+        }
     }
     return false;
 }

@@ -398,10 +398,9 @@ rl_conn_write(struct rl_conn *c, const void *p, size_t n)
         fake_fail("write of %zu bytes to conn %u during its TLS handshake", n, c->id);
     if (c->role == FAKE_UNKNOWN || (c->role == FAKE_UPSTREAM && !c->connected))
         fake_fail("write to conn %u before it is connected", c->id);
-    if (c->fail_write) {
-        c->fail_write = false;
+    /* Like the real conn: a failed write is sticky, every later one fails. */
+    if (c->fail_write)
         return RL_E_NOMEM;
-    }
     c->bytes_out += n;
     if (fake.on_write != NULL)
         fake.on_write(c, p, n);

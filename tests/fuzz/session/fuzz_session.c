@@ -1003,7 +1003,6 @@ static void
 drain(void)
 {
     for (struct rl_conn *c = fake.conns; c != NULL; c = c->next) {
-        c->fail_write = false;
         if (c->blocked) {
             c->blocked = false;
             if (c->hiwat_seen) {
