@@ -102,6 +102,8 @@ struct config_raw_relabel {
     int64_t data_timeout;
     int64_t upstream_connect_timeout;
     int64_t upstream_timeout;
+    int64_t drain_timeout;
+    int64_t watch_debounce;
     int64_t max_line;
     int64_t max_errors;
     int64_t bare_newline;
@@ -265,6 +267,8 @@ enum config_dindex {
     CONFIG_D_DATA_TIMEOUT,
     CONFIG_D_UPSTREAM_CONNECT_TIMEOUT,
     CONFIG_D_UPSTREAM_TIMEOUT,
+    CONFIG_D_DRAIN_TIMEOUT,
+    CONFIG_D_WATCH_DEBOUNCE,
     CONFIG_D_MAX_LINE,
     CONFIG_D_MAX_ERRORS,
     CONFIG_D_BARE_NEWLINE,
@@ -313,6 +317,9 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_DATA_TIMEOUT] = CONFIG_TIMEOUT(data_timeout),
     [CONFIG_D_UPSTREAM_CONNECT_TIMEOUT] = CONFIG_TIMEOUT(upstream_connect_timeout),
     [CONFIG_D_UPSTREAM_TIMEOUT] = CONFIG_TIMEOUT(upstream_timeout),
+    [CONFIG_D_DRAIN_TIMEOUT] = CONFIG_TIMEOUT(drain_timeout),
+    [CONFIG_D_WATCH_DEBOUNCE] = {CONFIG_R(watch_debounce, config_parse_duration), .min = 100,
+                                 .max = 60 * CONFIG_SEC_MS},
     [CONFIG_D_MAX_LINE] = {CONFIG_R(max_line, config_parse_number), .min = RL_SMTP_LINE_MIN,
                            .max = RL_SMTP_LINE_MAX},
     [CONFIG_D_MAX_ERRORS] = {CONFIG_R(max_errors, config_parse_number), .min = 1, .max = 1000},
@@ -983,6 +990,7 @@ config_raw_init(struct config_section *sec)
         r->log_level = r->log_format = r->bare_newline = CONFIG_UNSET;
         r->handshake_timeout = r->command_timeout = r->data_timeout = CONFIG_UNSET;
         r->upstream_connect_timeout = r->upstream_timeout = CONFIG_UNSET;
+        r->drain_timeout = r->watch_debounce = CONFIG_UNSET;
         r->max_line = r->max_errors = CONFIG_UNSET;
         break;
     }
@@ -1296,6 +1304,8 @@ config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct 
         (unsigned)config_merge(r->upstream_connect_timeout, RL_TIMEOUT_UP_CONNECT_DEFAULT);
     cfg->upstream_timeout_ms =
         (unsigned)config_merge(r->upstream_timeout, RL_TIMEOUT_UP_REPLY_DEFAULT);
+    cfg->drain_timeout_ms = (unsigned)config_merge(r->drain_timeout, RL_TIMEOUT_DRAIN_DEFAULT);
+    cfg->watch_debounce_ms = (unsigned)config_merge(r->watch_debounce, RL_WATCH_DEBOUNCE_DEFAULT);
     cfg->max_line = (size_t)config_merge(r->max_line, RL_SMTP_LINE_DEFAULT);
     cfg->max_errors = (unsigned)config_merge(r->max_errors, RL_MAX_ERRORS_DEFAULT);
     cfg->bare_newline_reject = config_merge(r->bare_newline, 0) != 0;

@@ -1,12 +1,15 @@
 /*
  * listener.c - binding, listening and accepting.
  *
- * One uv_tcp_t per configured address.  IPv6 wildcard sockets are bound
- * v6-only so that "0.0.0.0:465, [::]:465" works on every system.  Accepting
- * never blocks on anything: the session starts its TLS handshake or sends
- * its greeting and returns.
+ * One uv_tcp_t per configured address, each allocated on its own so that a
+ * reload can keep a socket (its handle must not move) while the set around
+ * it changes.  A socket holds a reference on the snapshot its listener
+ * settings come from; sessions are started with that snapshot.  IPv6
+ * sockets are bound v6-only so that "0.0.0.0:465, [::]:465" works on every
+ * system.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "relabel/errors.h"
 #include "relabel/listener.h"
@@ -18,15 +21,16 @@
 struct listener_sock {
     uv_tcp_t tcp;
     struct rl_ctx *ctx;
+    struct rl_snapshot *snap;
     const struct rl_listener_conf *lc;
     const struct rl_addr *addr;
-    struct rl_listeners *set;
+    char text[sizeof(((struct rl_addr *)0)->text)];
+    struct listener_sock *next;
 };
 
 struct rl_listeners {
+    struct rl_ctx *ctx;
     struct listener_sock *socks;
-    size_t n;
-    size_t open; /* handles not yet closed */
 };
 
 static void
@@ -36,15 +40,15 @@ listener_on_connection(uv_stream_t *server, int status)
     int rc;
 
     if (status < 0) {
-        rl_log(RL_LOG_WARN, "listener %s accept error on %s: %s", ls->lc->name, ls->addr->text,
+        rl_log(RL_LOG_WARN, "listener %s accept error on %s: %s", ls->lc->name, ls->text,
                uv_strerror(status));
         return;
     }
     if (ls->ctx->stopping)
         return;
-    rc = rl_session_accept(ls->ctx, ls->lc, server);
+    rc = rl_session_accept(ls->ctx, ls->snap, ls->lc, server);
     if (rc < 0)
-        rl_log(RL_LOG_WARN, "listener %s cannot accept on %s: %s", ls->lc->name, ls->addr->text,
+        rl_log(RL_LOG_WARN, "listener %s cannot accept on %s: %s", ls->lc->name, ls->text,
                rl_strerror(rc));
 }
 
@@ -52,65 +56,160 @@ static void
 listener_on_close(uv_handle_t *h)
 {
     struct listener_sock *ls = h->data;
-    struct rl_listeners *set = ls->set;
 
-    if (--set->open == 0) {
-        free(set->socks);
-        free(set);
+    rl_snapshot_unref(ls->snap);
+    free(ls);
+}
+
+static void
+listener_close_list(struct listener_sock *ls)
+{
+    while (ls != NULL) {
+        struct listener_sock *next = ls->next;
+
+        rl_log(RL_LOG_INFO, "listener %s closed on %s", ls->lc->name, ls->text);
+        uv_close((uv_handle_t *)&ls->tcp, listener_on_close);
+        ls = next;
     }
 }
 
-int
-rl_listeners_open(struct rl_ctx *ctx, const struct rl_config *cfg, FILE *err,
-                  struct rl_listeners **out)
+static void
+listener_adopt(struct listener_sock *ls, struct rl_snapshot *snap,
+               const struct rl_listener_conf *lc, const struct rl_addr *addr)
 {
-    struct rl_listeners *set = calloc(1, sizeof(*set));
-    size_t total = 0;
+    struct rl_snapshot *old = ls->snap;
+
+    ls->snap = rl_snapshot_ref(snap);
+    ls->lc = lc;
+    ls->addr = addr;
+    rl_snapshot_unref(old);
+}
+
+/* Binds one address; NULL (reason printed) on failure. */
+static struct listener_sock *
+listener_bind(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_listener_conf *lc,
+              const struct rl_addr *addr, FILE *err)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&addr->ss;
+    unsigned flags = sa->sa_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+    struct listener_sock *ls = calloc(1, sizeof(*ls));
+    const struct rl_config *cfg = snap->cfg;
+    int rc;
+
+    if (ls == NULL) {
+        fprintf(err, "%s: listener \"%s\": out of memory\n", cfg->path, lc->name);
+        return NULL;
+    }
+    uv_tcp_init(ctx->loop, &ls->tcp);
+    ls->tcp.data = ls;
+    ls->ctx = ctx;
+    snprintf(ls->text, sizeof(ls->text), "%s", addr->text);
+    listener_adopt(ls, snap, lc, addr);
+    rc = uv_tcp_bind(&ls->tcp, sa, flags);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&ls->tcp, LISTENER_BACKLOG, listener_on_connection);
+    if (rc < 0) {
+        if (lc->listen_line > 0)
+            fprintf(err, "%s:%d: ", cfg->path, lc->listen_line);
+        else
+            fprintf(err, "%s: ", cfg->path);
+        fprintf(err, "listener \"%s\": cannot listen on %s: %s\n", lc->name, addr->text,
+                uv_strerror(rc));
+        uv_close((uv_handle_t *)&ls->tcp, listener_on_close);
+        return NULL;
+    }
+    rl_log(RL_LOG_INFO, "listening on %s listener=%s tls=%s brand=%s", addr->text, lc->name,
+           lc->tls == RL_TLS_IMPLICIT ? "implicit" : "starttls", lc->brand->name);
+    return ls;
+}
+
+/* Takes the socket listening on addr out of *list, or returns NULL. */
+static struct listener_sock *
+listener_take(struct listener_sock **list, const struct rl_addr *addr)
+{
+    for (struct listener_sock **pp = list; *pp != NULL; pp = &(*pp)->next) {
+        struct listener_sock *ls = *pp;
+
+        if (strcmp(ls->text, addr->text) == 0) {
+            *pp = ls->next;
+            ls->next = NULL;
+            return ls;
+        }
+    }
+    return NULL;
+}
+
+int
+rl_listeners_update(struct rl_listeners *set, struct rl_snapshot *snap, FILE *err)
+{
+    const struct rl_config *cfg = snap->cfg;
+    struct listener_sock *kept = NULL, *fresh = NULL, *old = set->socks;
     int rc = 0;
 
-    if (set == NULL)
-        return RL_E_NOMEM;
-    for (size_t i = 0; i < cfg->nlisteners; i++)
-        total += cfg->listeners[i].naddrs;
-    set->socks = calloc(total ? total : 1, sizeof(*set->socks));
-    if (set->socks == NULL) {
-        free(set);
-        return RL_E_NOMEM;
-    }
+    /* First bind what is new, without touching what runs. */
     for (size_t i = 0; i < cfg->nlisteners && rc == 0; i++) {
         const struct rl_listener_conf *lc = &cfg->listeners[i];
 
-        for (size_t j = 0; j < lc->naddrs && rc == 0; j++) {
-            struct listener_sock *ls = &set->socks[set->n];
-            const struct sockaddr *sa = (const struct sockaddr *)&lc->addrs[j].ss;
-            unsigned flags = sa->sa_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+        for (size_t j = 0; j < lc->naddrs; j++) {
+            struct listener_sock *ls;
+            bool exists = false;
 
-            uv_tcp_init(ctx->loop, &ls->tcp);
-            ls->tcp.data = ls;
-            ls->ctx = ctx;
-            ls->lc = lc;
-            ls->addr = &lc->addrs[j];
-            ls->set = set;
-            set->n++;
-            set->open++;
-            rc = uv_tcp_bind(&ls->tcp, sa, flags);
-            if (rc == 0)
-                rc = uv_listen((uv_stream_t *)&ls->tcp, LISTENER_BACKLOG, listener_on_connection);
-            if (rc < 0) {
-                if (lc->listen_line > 0)
-                    fprintf(err, "%s:%d: ", cfg->path, lc->listen_line);
-                else
-                    fprintf(err, "%s: ", cfg->path);
-                fprintf(err, "listener \"%s\": cannot listen on %s: %s\n", lc->name,
-                        lc->addrs[j].text, uv_strerror(rc));
+            for (ls = old; ls != NULL && !exists; ls = ls->next)
+                exists = strcmp(ls->text, lc->addrs[j].text) == 0;
+            if (exists)
+                continue;
+            ls = listener_bind(set->ctx, snap, lc, &lc->addrs[j], err);
+            if (ls == NULL) {
+                rc = RL_E_CONFIG;
                 break;
             }
-            rl_log(RL_LOG_INFO, "listening on %s listener=%s tls=%s brand=%s", lc->addrs[j].text,
-                   lc->name, lc->tls == RL_TLS_IMPLICIT ? "implicit" : "starttls", lc->brand->name);
+            ls->next = fresh;
+            fresh = ls;
         }
     }
     if (rc < 0) {
-        rl_listeners_close(set);
+        listener_close_list(fresh);
+        return rc;
+    }
+    /* Then move every kept socket to the new settings, close the rest. */
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
+        const struct rl_listener_conf *lc = &cfg->listeners[i];
+
+        for (size_t j = 0; j < lc->naddrs; j++) {
+            struct listener_sock *ls = listener_take(&old, &lc->addrs[j]);
+
+            if (ls == NULL)
+                continue;
+            listener_adopt(ls, snap, lc, &lc->addrs[j]);
+            ls->next = kept;
+            kept = ls;
+        }
+    }
+    listener_close_list(old);
+    while (fresh != NULL) {
+        struct listener_sock *next = fresh->next;
+
+        fresh->next = kept;
+        kept = fresh;
+        fresh = next;
+    }
+    set->socks = kept;
+    return 0;
+}
+
+int
+rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, FILE *err,
+                  struct rl_listeners **out)
+{
+    struct rl_listeners *set = calloc(1, sizeof(*set));
+    int rc;
+
+    if (set == NULL)
+        return RL_E_NOMEM;
+    set->ctx = ctx;
+    rc = rl_listeners_update(set, snap, err);
+    if (rc < 0) {
+        free(set);
         return rc;
     }
     *out = set;
@@ -120,11 +219,6 @@ rl_listeners_open(struct rl_ctx *ctx, const struct rl_config *cfg, FILE *err,
 void
 rl_listeners_close(struct rl_listeners *set)
 {
-    if (set->n == 0) {
-        free(set->socks);
-        free(set);
-        return;
-    }
-    for (size_t i = 0; i < set->n; i++)
-        uv_close((uv_handle_t *)&set->socks[i].tcp, listener_on_close);
+    listener_close_list(set->socks);
+    free(set);
 }

@@ -20,12 +20,23 @@
 #include "relabel/snapshot.h"
 #include "version.h"
 
+/* One watched directory (of a certificate, key or CA file). */
+struct main_watch {
+    uv_fs_event_t ev;
+    struct main_state *m;
+    struct main_watch *next;
+};
+
 struct main_state {
     struct rl_ctx ctx;
+    const char *path;
     struct rl_listeners *listeners;
     uv_signal_t sigint;
     uv_signal_t sigterm;
     uv_signal_t sighup;
+    uv_timer_t drain;    /* SIGTERM: end of the grace period */
+    uv_timer_t debounce; /* watched files changed: reload when quiet */
+    struct main_watch *watches;
 };
 
 static void
@@ -116,33 +127,211 @@ main_drop_privileges(const struct rl_config *cfg)
     return 0;
 }
 
-/* Reloading is not implemented yet; the default action of SIGHUP would
- * end the daemon, which is the last thing an operator sending it wants. */
+static void main_watch_update(struct main_state *m);
+
+/* Logs every line a failed load printed. */
+static void
+main_log_problems(const char *text, size_t len)
+{
+    const char *p = text, *end = text + len;
+
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+
+        if (n > 0)
+            rl_log(RL_LOG_ERROR, "reload failed: %.*s", (int)n, p);
+        p += n + 1;
+    }
+}
+
+/*
+ * Re-reads the config file and every certificate and key, all or nothing:
+ * a problem anywhere leaves the running configuration, its certificates and
+ * its listeners exactly as they were.  Running sessions keep the snapshot
+ * they started with; new ones get the new one.
+ */
+static void
+main_reload(struct main_state *m, const char *reason)
+{
+    struct rl_config *cfg = NULL;
+    struct rl_snapshot *snap = NULL, *old;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *err = open_memstream(&text, &len);
+
+    if (err == NULL) {
+        rl_log(RL_LOG_ERROR, "reload failed reason=\"%s\": %s", reason, strerror(errno));
+        return;
+    }
+    if (rl_config_load(m->path, err, &cfg) == 0) {
+        snap = rl_snapshot_build(cfg, err, NULL);
+        rl_config_unref(cfg);
+    }
+    if (snap != NULL && rl_listeners_update(m->listeners, snap, err) < 0) {
+        rl_snapshot_unref(snap);
+        snap = NULL;
+    }
+    fclose(err);
+    if (snap == NULL) {
+        main_log_problems(text, len);
+        rl_log(RL_LOG_ERROR, "reload failed reason=\"%s\": the running configuration is kept",
+               reason);
+        free(text);
+        return;
+    }
+    free(text);
+    old = m->ctx.snap;
+    m->ctx.snap = snap;
+    rl_snapshot_unref(old);
+    rl_log_setup(snap->cfg->log_level, snap->cfg->log_format == RL_LOG_JSON);
+    main_watch_update(m);
+    rl_log(RL_LOG_INFO, "reload ok reason=\"%s\" config=%s listeners=%zu brands=%zu", reason,
+           m->path, snap->cfg->nlisteners, snap->cfg->nbrands);
+}
+
 static void
 main_on_sighup(uv_signal_t *sig, int signum)
 {
-    rl_log(RL_LOG_WARN, "received SIGHUP: configuration reload is not supported yet, "
-                        "restart relabel to apply changes");
+    struct main_state *m = sig->data;
+
+    if (!m->ctx.stopping)
+        main_reload(m, "SIGHUP");
 }
 
+static void
+main_on_debounce(uv_timer_t *t)
+{
+    struct main_state *m = t->data;
+
+    if (!m->ctx.stopping)
+        main_reload(m, "files changed");
+}
+
+/* Certificate renewals come as several renames and symlink swaps in a
+ * row: wait until the directory has been quiet for watch_debounce. */
+static void
+main_on_fs_event(uv_fs_event_t *ev, const char *name, int events, int status)
+{
+    struct main_watch *w = ev->data;
+    struct main_state *m = w->m;
+
+    if (m->ctx.stopping)
+        return;
+    rl_log(RL_LOG_DEBUG, "watched file changed: %s", name ? name : "?");
+    uv_timer_start(&m->debounce, main_on_debounce, m->ctx.snap->cfg->watch_debounce_ms, 0);
+}
+
+static void
+main_on_watch_close(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void
+main_watch_clear(struct main_state *m)
+{
+    while (m->watches != NULL) {
+        struct main_watch *w = m->watches;
+
+        m->watches = w->next;
+        uv_close((uv_handle_t *)&w->ev, main_on_watch_close);
+    }
+}
+
+/* Watches the directory of path, once per directory. */
+static void
+main_watch_add(struct main_state *m, const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    struct main_watch *w;
+    size_t len;
+
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    for (w = m->watches; w != NULL; w = w->next) {
+        char got[4096];
+
+        len = sizeof(got);
+        if (uv_fs_event_getpath(&w->ev, got, &len) == 0 && strcmp(got, dir) == 0)
+            return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return;
+    w->m = m;
+    uv_fs_event_init(m->ctx.loop, &w->ev);
+    w->ev.data = w;
+    if (uv_fs_event_start(&w->ev, main_on_fs_event, dir, 0) < 0) {
+        rl_log(RL_LOG_WARN, "cannot watch %s for certificate changes", dir);
+        uv_close((uv_handle_t *)&w->ev, main_on_watch_close);
+        return;
+    }
+    w->next = m->watches;
+    m->watches = w;
+}
+
+/* Watches the directories of every certificate, key and CA file of the
+ * running configuration. */
+static void
+main_watch_update(struct main_state *m)
+{
+    const struct rl_config *cfg = m->ctx.snap->cfg;
+
+    main_watch_clear(m);
+    for (size_t i = 0; i < cfg->nbrands; i++) {
+        main_watch_add(m, cfg->brands[i].cert);
+        main_watch_add(m, cfg->brands[i].key);
+    }
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        if (cfg->upstreams[i].ca_file != NULL)
+            main_watch_add(m, cfg->upstreams[i].ca_file);
+}
+
+static void
+main_on_drain_timeout(uv_timer_t *t)
+{
+    struct main_state *m = t->data;
+
+    rl_log(RL_LOG_WARN, "drain timeout: ending the remaining sessions=%lu", m->ctx.nsessions);
+    rl_session_shutdown_all(&m->ctx, true);
+}
+
+/*
+ * SIGTERM/SIGINT: stop accepting, let transactions in progress finish for
+ * drain_timeout, end everything else now.  A second signal ends everything
+ * at once.  The handles that remain (signals, timers) are unreferenced, so
+ * the loop ends as soon as the last session has closed.
+ */
 static void
 main_on_signal(uv_signal_t *sig, int signum)
 {
     struct main_state *m = sig->data;
 
-    if (m->ctx.stopping)
+    if (m->ctx.stopping) {
+        rl_log(RL_LOG_WARN, "received %s again: ending the remaining sessions=%lu",
+               strsignal(signum), m->ctx.nsessions);
+        rl_session_shutdown_all(&m->ctx, true);
         return;
+    }
     m->ctx.stopping = true;
-    rl_log(RL_LOG_INFO, "received %s, shutting down sessions=%lu", strsignal(signum),
-           m->ctx.nsessions);
+    rl_log(RL_LOG_INFO, "received %s, draining sessions=%lu drain_timeout=%ums", strsignal(signum),
+           m->ctx.nsessions, m->ctx.snap->cfg->drain_timeout_ms);
     if (m->listeners != NULL) {
         rl_listeners_close(m->listeners);
         m->listeners = NULL;
     }
-    rl_session_shutdown_all(&m->ctx);
-    uv_close((uv_handle_t *)&m->sigint, NULL);
-    uv_close((uv_handle_t *)&m->sigterm, NULL);
-    uv_close((uv_handle_t *)&m->sighup, NULL);
+    main_watch_clear(m);
+    uv_timer_stop(&m->debounce);
+    uv_unref((uv_handle_t *)&m->sigint);
+    uv_unref((uv_handle_t *)&m->sigterm);
+    uv_unref((uv_handle_t *)&m->sighup);
+    uv_timer_start(&m->drain, main_on_drain_timeout, m->ctx.snap->cfg->drain_timeout_ms, 0);
+    uv_unref((uv_handle_t *)&m->drain);
+    rl_session_shutdown_all(&m->ctx, false);
 }
 
 int
@@ -207,12 +396,13 @@ main(int argc, char **argv)
 
     memset(&m, 0, sizeof(m));
     uv_loop_init(&loop);
+    m.path = path;
     m.ctx.loop = &loop;
     m.ctx.snap = snap;
     if (uv_random(NULL, NULL, &m.ctx.id_seed, sizeof(m.ctx.id_seed), 0, NULL) < 0)
         m.ctx.id_seed = (uint64_t)getpid() * 0x100000001b3ULL ^ (uint64_t)uv_hrtime();
 
-    rc = rl_listeners_open(&m.ctx, snap->cfg, stderr, &m.listeners);
+    rc = rl_listeners_open(&m.ctx, snap, stderr, &m.listeners);
     if (rc < 0 || main_drop_privileges(snap->cfg) < 0) {
         if (m.listeners != NULL)
             rl_listeners_close(m.listeners);
@@ -225,20 +415,33 @@ main(int argc, char **argv)
     uv_signal_init(&loop, &m.sigint);
     uv_signal_init(&loop, &m.sigterm);
     uv_signal_init(&loop, &m.sighup);
+    uv_timer_init(&loop, &m.drain);
+    uv_timer_init(&loop, &m.debounce);
     m.sigint.data = m.sigterm.data = m.sighup.data = &m;
+    m.drain.data = m.debounce.data = &m;
     uv_signal_start(&m.sigint, main_on_signal, SIGINT);
     uv_signal_start(&m.sigterm, main_on_signal, SIGTERM);
     uv_signal_start(&m.sighup, main_on_sighup, SIGHUP);
+    main_watch_update(&m);
 
     rl_log(RL_LOG_INFO, "relabel ready version=%s config=%s listeners=%zu pid=%ld", RELABEL_VERSION,
            path, snap->cfg->nlisteners, (long)getpid());
     uv_run(&loop, UV_RUN_DEFAULT);
 
+    /* Every session has ended: close what is left and let the close
+     * callbacks run, so the loop closes with nothing open. */
+    main_watch_clear(&m);
+    uv_close((uv_handle_t *)&m.sigint, NULL);
+    uv_close((uv_handle_t *)&m.sigterm, NULL);
+    uv_close((uv_handle_t *)&m.sighup, NULL);
+    uv_close((uv_handle_t *)&m.drain, NULL);
+    uv_close((uv_handle_t *)&m.debounce, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(&loop);
     if (rc != 0)
         rl_log(RL_LOG_ERROR, "event loop closed with handles open: %s", uv_strerror(rc));
+    rl_snapshot_unref(m.ctx.snap);
     m.ctx.snap = NULL;
-    rl_snapshot_unref(snap);
     rl_log(RL_LOG_INFO, "relabel stopped");
     return rc == 0 ? 0 : 1;
 }

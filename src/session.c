@@ -94,6 +94,8 @@ struct pending {
     bool close_after;  /* P_LOCAL: close the session once it is sent */
 };
 
+static const char REPLY_SHUTDOWN[] = "421 4.3.2 %s Service shutting down\r\n";
+
 /* The 421s a client gets when the upstream leg fails (RFC 5321 §3.8). */
 static const char REPLY_UP_UNAVAILABLE[] =
     "421 4.4.1 %s Mail service temporarily unavailable, closing connection\r\n";
@@ -141,6 +143,8 @@ struct rl_session {
     bool discard_quiet;   /* CL_DISCARD of an AUTH response: "*" already answers it */
     bool relayed_state;   /* AUTH or MAIL went upstream (login or transaction there) */
     bool quit_sent;       /* QUIT went upstream: no courtesy QUIT on close */
+    bool in_tx;           /* a transaction is open: MAIL relayed, not yet ended */
+    bool draining;        /* shutting down: close once the transaction ends */
 
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
@@ -168,6 +172,7 @@ static void session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg
 static void session_client_process(struct rl_session *s);
 static void session_close(struct rl_session *s, const char *why);
 static void session_up_next_addr(struct rl_session *s);
+static void session_drain_check(struct rl_session *s);
 
 /* ---- small helpers -------------------------------------------------- */
 
@@ -793,6 +798,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
     fifo_pop(s);
 
     if (e.kind == P_EOD) {
+        s->in_tx = false;
         session_log_message(s, r, p);
         if (r->code / 100 == 2)
             s->messages++;
@@ -822,6 +828,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
     } else {
         switch (e.verb) {
         case RL_SMTP_EHLO:
+            s->in_tx = false; /* RFC 5321 §4.1.4: EHLO also resets */
             if (r->code == 250)
                 session_relay_ehlo(s, r, p);
             else
@@ -852,12 +859,18 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
                 return;
             }
             break;
+        case RL_SMTP_MAIL:
+            if (r->code / 100 != 2)
+                s->in_tx = false;
+            session_relay_reply(s, r, p);
+            break;
         case RL_SMTP_RCPT:
             if (r->code / 100 == 2)
                 s->rcpts++;
             session_relay_reply(s, r, p);
             break;
         case RL_SMTP_RSET:
+            s->in_tx = false;
             s->rcpts = 0;
             s->mail_from[0] = '\0';
             session_relay_reply(s, r, p);
@@ -1119,8 +1132,15 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
         break;
     }
     }
+    if (cmd->verb == RL_SMTP_MAIL && s->draining) {
+        /* Shutting down: no new transaction. */
+        session_local(s, REPLY_SHUTDOWN, true);
+        return false;
+    }
     if (cmd->verb == RL_SMTP_AUTH || cmd->verb == RL_SMTP_MAIL)
         s->relayed_state = true;
+    if (cmd->verb == RL_SMTP_MAIL)
+        s->in_tx = true;
     if (cmd->verb == RL_SMTP_QUIT)
         s->quit_sent = true;
     session_relay_line(s, cmd->line, cmd->line_len);
@@ -1502,12 +1522,15 @@ session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
     /* Events from an abandoned connection attempt are ignored. */
     if (!s->closing)
         session_flush(s);
+    if (!s->closing)
+        session_drain_check(s);
 }
 
 /* ---- start and shutdown ----------------------------------------------- */
 
 int
-rl_session_accept(struct rl_ctx *ctx, const struct rl_listener_conf *lc, uv_stream_t *server)
+rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_listener_conf *lc,
+                  uv_stream_t *server)
 {
     struct rl_session *s = calloc(1, sizeof(*s));
     int rc;
@@ -1515,7 +1538,7 @@ rl_session_accept(struct rl_ctx *ctx, const struct rl_listener_conf *lc, uv_stre
     if (s == NULL)
         return RL_E_NOMEM;
     s->ctx = ctx;
-    s->snap = rl_snapshot_ref(ctx->snap);
+    s->snap = rl_snapshot_ref(snap);
     s->lc = lc;
     s->brand = lc->brand;
     s->uc = lc->brand->upstream;
@@ -1566,15 +1589,36 @@ rl_session_accept(struct rl_ctx *ctx, const struct rl_listener_conf *lc, uv_stre
     return 0;
 }
 
+/* A transaction is open, streaming, or waiting for its final reply. */
+static bool
+session_busy(const struct rl_session *s)
+{
+    return s->in_tx || s->cl_state == CL_DATA || s->fifo_len > 0;
+}
+
+/* A draining session whose transaction is over says goodbye. */
+static void
+session_drain_check(struct rl_session *s)
+{
+    if (s->draining && !s->closing && !session_busy(s))
+        session_reply_close(s, REPLY_SHUTDOWN, "shutdown");
+}
+
 void
-rl_session_shutdown_all(struct rl_ctx *ctx)
+rl_session_shutdown_all(struct rl_ctx *ctx, bool force)
 {
     for (struct rl_session *s = ctx->sessions; s != NULL; s = s->next) {
         if (s->closing)
             continue;
-        if (s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS)
+        if (s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS) {
             session_close(s, "shutdown");
-        else
-            session_reply_close(s, "421 4.3.2 %s Service shutting down\r\n", "shutdown");
+        } else if (force || !session_busy(s)) {
+            /* session_close() drops the upstream without an end of data
+             * if a message is still streaming. */
+            session_reply_close(s, REPLY_SHUTDOWN, force ? "shutdown (forced)" : "shutdown");
+        } else {
+            s->draining = true;
+            rl_log(RL_LOG_INFO, "%s draining: transaction in progress", s->id);
+        }
     }
 }

@@ -78,6 +78,8 @@ struct rl_config {
     unsigned data_timeout_ms;
     unsigned upstream_connect_timeout_ms;
     unsigned upstream_timeout_ms;
+    unsigned drain_timeout_ms;  /* SIGTERM: how long transactions may finish */
+    unsigned watch_debounce_ms; /* certificate files changed: wait this long, then reload */
     size_t max_line;
     unsigned max_errors;
     bool bare_newline_reject; /* bare_newline = normalize (default) | reject */

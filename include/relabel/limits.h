@@ -29,6 +29,11 @@
 #define RL_TIMEOUT_DATA_DEFAULT 180000
 #define RL_TIMEOUT_UP_CONNECT_DEFAULT 15000
 #define RL_TIMEOUT_UP_REPLY_DEFAULT 600000
+/* Shutdown: transactions in progress may finish for this long. */
+#define RL_TIMEOUT_DRAIN_DEFAULT 30000
+/* Certificate files changed: reload once they have been quiet this long
+ * (certbot and Kubernetes write several files in a row). */
+#define RL_WATCH_DEBOUNCE_DEFAULT 2000
 
 /* Buffers.  `in` holds plaintext waiting for the session; `out` is capped
  * softly by the high-water mark: above it the session stops reading the

@@ -1,22 +1,33 @@
 /*
  * listener.h - the listening sockets: bind every address of every listener,
- * accept, and hand each connection to a new session.
+ * accept, and hand each connection to a new session with the snapshot the
+ * listener belongs to.
  */
 #ifndef RELABEL_LISTENER_H
 #define RELABEL_LISTENER_H
 
 #include <stdio.h>
 
-#include "relabel/config.h"
 #include "relabel/ctx.h"
+#include "relabel/snapshot.h"
 
 struct rl_listeners;
 
-/* Binds and listens on every address of cfg's listeners.  On failure prints
+/* Binds and listens on every address of snap's listeners.  On failure prints
  * "PATH:LINE: listener NAME: cannot listen on ADDR: reason" to err, closes
  * what was opened and returns a negative code. */
-int rl_listeners_open(struct rl_ctx *ctx, const struct rl_config *cfg, FILE *err,
+int rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, FILE *err,
                       struct rl_listeners **out);
+
+/*
+ * Moves the set to a new snapshot, all or nothing: sockets whose address is
+ * in both keep listening (no connection is refused during a reload) and
+ * take the new listener settings; new addresses are bound first, and if
+ * one cannot be, nothing changes and a negative code is returned (reasons
+ * printed to err); addresses no longer configured are closed.  Sessions
+ * already running are not touched.
+ */
+int rl_listeners_update(struct rl_listeners *ls, struct rl_snapshot *snap, FILE *err);
 
 /* Stops accepting; the handles close on the next loop iteration and the
  * set frees itself. */

@@ -982,9 +982,9 @@ drive_op(struct reader *r)
     case 15:
         a = rd_u8(r);
         if (a & 2) {
-            /* The daemon is stopping. */
+            /* The daemon is stopping: draining, or (bit 2) forced. */
             fake_enter();
-            rl_session_shutdown_all(&g_ctx);
+            rl_session_shutdown_all(&g_ctx, (a & 4) != 0);
             fake_leave();
             break;
         }
@@ -1153,7 +1153,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     setup_world(&r);
 
     fake_enter();
-    rc = rl_session_accept(&g_ctx, &g_lc, NULL);
+    rc = rl_session_accept(&g_ctx, &g_snap, &g_lc, NULL);
     fake_leave();
     if (rc != 0)
         fake_fail("rl_session_accept failed: %d", rc);
