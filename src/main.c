@@ -3,6 +3,7 @@
  * snapshot, listeners, privilege drop, signals and the shutdown order.
  * No protocol work happens here.
  */
+#define _GNU_SOURCE /* setresuid, setresgid */
 #include <errno.h>
 #include <grp.h>
 #include <pwd.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "relabel/config.h"
@@ -62,6 +64,30 @@ main_tls_mode(enum rl_tls_mode m)
     return m == RL_TLS_IMPLICIT ? "implicit" : "starttls";
 }
 
+/* --check: a private key others can read is a finding; one the daemon
+ * cannot read after dropping privileges breaks the next reload. */
+static void
+main_check_key(const struct rl_config *cfg, const struct rl_brand_conf *b)
+{
+    struct passwd *pw = cfg->user ? getpwnam(cfg->user) : NULL;
+    struct stat st;
+
+    if (stat(b->key, &st) < 0)
+        return;
+    if (st.st_mode & S_IROTH)
+        printf("  warning: %s:%d: key %s is readable by every user (chmod 600)\n", cfg->path,
+               b->key_line, b->key);
+    if (pw != NULL && pw->pw_uid != 0) {
+        bool owner = st.st_uid == pw->pw_uid && (st.st_mode & S_IRUSR);
+        bool group = st.st_gid == pw->pw_gid && (st.st_mode & S_IRGRP);
+
+        if (!owner && !group && !(st.st_mode & S_IROTH))
+            printf("  warning: %s:%d: key %s will not be readable by user %s after the "
+                   "privilege drop, so reloads will fail\n",
+                   cfg->path, b->key_line, b->key, cfg->user);
+    }
+}
+
 static void
 main_print_summary(const struct rl_config *cfg)
 {
@@ -85,6 +111,8 @@ main_print_summary(const struct rl_config *cfg)
             printf(", max message %llu bytes", (unsigned long long)u->max_message_size);
         printf("\n");
     }
+    for (size_t i = 0; i < cfg->nbrands; i++)
+        main_check_key(cfg, &cfg->brands[i]);
 }
 
 /* Drops root after the sockets are bound and the keys are read. */
@@ -114,7 +142,9 @@ main_drop_privileges(const struct rl_config *cfg)
     }
     if (getuid() == pw->pw_uid && getgid() == gid)
         return 0;
-    if (setgroups(1, &gid) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+    /* Real, effective and saved ids all change: nothing to switch back to. */
+    if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 ||
+        setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) < 0) {
         rl_log(RL_LOG_ERROR, "cannot switch to user %s: %s", cfg->user, strerror(errno));
         return -1;
     }
