@@ -269,23 +269,16 @@ main_watch_clear(struct main_state *m)
     }
 }
 
-/* Watches the directory of path, once per directory. */
+/* Watches dir, once. */
 static void
-main_watch_add(struct main_state *m, const char *path)
+main_watch_dir(struct main_state *m, const char *dir)
 {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
     struct main_watch *w;
-    size_t len;
 
-    if (slash == NULL)
-        snprintf(dir, sizeof(dir), ".");
-    else
-        snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
     for (w = m->watches; w != NULL; w = w->next) {
         char got[4096];
+        size_t len = sizeof(got);
 
-        len = sizeof(got);
         if (uv_fs_event_getpath(&w->ev, got, &len) == 0 && strcmp(got, dir) == 0)
             return;
     }
@@ -302,6 +295,48 @@ main_watch_add(struct main_state *m, const char *path)
     }
     w->next = m->watches;
     m->watches = w;
+}
+
+/* Watches the directory that holds path. */
+static void
+main_watch_parent(struct main_state *m, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    main_watch_dir(m, dir);
+}
+
+/*
+ * Watches what can change path: its directory, and the directory holding
+ * each symlink on the way to it.  A swap of such a symlink (a Kubernetes
+ * Secret's "..data", or "current -> v2") happens in the directory that
+ * holds the link, which a watch on the file's own directory (inotify
+ * follows the link to the old target) never sees.
+ */
+static void
+main_watch_add(struct main_state *m, const char *path)
+{
+    char prefix[4096];
+    size_t n = strlen(path);
+
+    if (n == 0 || n >= sizeof(prefix))
+        return;
+    for (size_t i = 1; i <= n; i++) {
+        struct stat st;
+
+        if (path[i] != '/' && path[i] != '\0')
+            continue;
+        memcpy(prefix, path, i);
+        prefix[i] = '\0';
+        if (lstat(prefix, &st) == 0 && S_ISLNK(st.st_mode))
+            main_watch_parent(m, prefix);
+    }
+    main_watch_parent(m, path);
 }
 
 /* Watches the directories of every certificate, key and CA file of the

@@ -26,6 +26,7 @@ rl_snapshot_build(struct rl_config *cfg, FILE *err, FILE *describe)
     }
     for (size_t i = 0; i < cfg->nbrands; i++) {
         const struct rl_brand_conf *b = &cfg->brands[i];
+        long days;
 
         msg[0] = '\0';
         snap->brand_tls[i] = rl_tls_conf_server(b->cert, b->key, msg, sizeof(msg));
@@ -34,18 +35,19 @@ rl_snapshot_build(struct rl_config *cfg, FILE *err, FILE *describe)
             problems++;
             continue;
         }
+        /* An expired certificate fails every client's verification: it is
+         * refused at start and on reload, as --check refuses it. */
+        days = rl_tls_conf_describe(snap->brand_tls[i], msg, sizeof(msg));
         if (describe != NULL) {
-            long days = rl_tls_conf_describe(snap->brand_tls[i], msg, sizeof(msg));
-
             fprintf(describe, "  brand %s: hostname %s, upstream %s\n    certificate %s: %s\n",
                     b->name, b->hostname, b->upstream->name, b->cert, msg);
-            if (days < 0)
-                fprintf(err, "%s:%d: brand \"%s\": certificate %s has expired\n", cfg->path,
-                        b->cert_line, b->name, b->cert);
-            else if (days < 14)
+            if (days >= 0 && days < 14)
                 fprintf(describe, "    warning: certificate expires in %ld days\n", days);
-            if (days < 0)
-                problems++;
+        }
+        if (days < 0) {
+            fprintf(err, "%s:%d: brand \"%s\": certificate %s has expired\n", cfg->path,
+                    b->cert_line, b->name, b->cert);
+            problems++;
         }
     }
     for (size_t i = 0; i < cfg->nupstreams; i++) {

@@ -80,13 +80,12 @@ def test_sigint_stops_cleanly(upstream_factory, relabel_factory, client_ctx):
 
 
 def test_sighup_does_not_stop_relabel(upstream_factory, relabel_factory, client_ctx):
-    # Reload is not implemented yet: SIGHUP must not kill the daemon or its
-    # sessions, and must say why nothing happened.
+    # SIGHUP reloads; it must never kill the daemon or a running session.
     up = upstream_factory("implicit")
     rl = relabel_factory(up.port, "implicit")
     c = h.open_session(rl, "implicit", client_ctx)
     os.kill(rl.pid, signal.SIGHUP)
-    h.wait_for(lambda: "SIGHUP" in rl.log, what="SIGHUP log line")
+    h.wait_for(lambda: 'reload ok reason="SIGHUP"' in rl.log, what="reload log line")
     assert rl.proc.poll() is None
     assert c.auth_plain().code == 235
     assert c.send_message(b"after hup\r\n").code == 250
