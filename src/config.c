@@ -106,6 +106,8 @@ struct config_raw_relabel {
     int64_t watch_debounce;
     int64_t max_line;
     int64_t max_errors;
+    int64_t max_connections;
+    int64_t max_connections_per_ip;
     int64_t bare_newline;
 };
 
@@ -271,6 +273,8 @@ enum config_dindex {
     CONFIG_D_WATCH_DEBOUNCE,
     CONFIG_D_MAX_LINE,
     CONFIG_D_MAX_ERRORS,
+    CONFIG_D_MAX_CONNECTIONS,
+    CONFIG_D_MAX_CONNECTIONS_PER_IP,
     CONFIG_D_BARE_NEWLINE,
     CONFIG_D_LISTEN,
     CONFIG_D_LISTENER_TLS,
@@ -323,6 +327,10 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_MAX_LINE] = {CONFIG_R(max_line, config_parse_number), .min = RL_SMTP_LINE_MIN,
                            .max = RL_SMTP_LINE_MAX},
     [CONFIG_D_MAX_ERRORS] = {CONFIG_R(max_errors, config_parse_number), .min = 1, .max = 1000},
+    [CONFIG_D_MAX_CONNECTIONS] = {CONFIG_R(max_connections, config_parse_number), .min = 1,
+                                  .max = 1000000},
+    [CONFIG_D_MAX_CONNECTIONS_PER_IP] = {CONFIG_R(max_connections_per_ip, config_parse_number),
+                                         .min = 1, .max = 1000000},
     [CONFIG_D_BARE_NEWLINE] = {CONFIG_R(bare_newline, config_parse_enum),
                                .names = config_names_bare_newline},
 
@@ -992,6 +1000,7 @@ config_raw_init(struct config_section *sec)
         r->upstream_connect_timeout = r->upstream_timeout = CONFIG_UNSET;
         r->drain_timeout = r->watch_debounce = CONFIG_UNSET;
         r->max_line = r->max_errors = CONFIG_UNSET;
+        r->max_connections = r->max_connections_per_ip = CONFIG_UNSET;
         break;
     }
     case CONFIG_S_LISTENER:
@@ -1307,6 +1316,10 @@ config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct 
     cfg->drain_timeout_ms = (unsigned)config_merge(r->drain_timeout, RL_TIMEOUT_DRAIN_DEFAULT);
     cfg->watch_debounce_ms = (unsigned)config_merge(r->watch_debounce, RL_WATCH_DEBOUNCE_DEFAULT);
     cfg->max_line = (size_t)config_merge(r->max_line, RL_SMTP_LINE_DEFAULT);
+    cfg->max_connections =
+        (unsigned)config_merge(r->max_connections, RL_MAX_CONNECTIONS_DEFAULT);
+    cfg->max_connections_per_ip =
+        (unsigned)config_merge(r->max_connections_per_ip, RL_MAX_CONNECTIONS_PER_IP_DEFAULT);
     cfg->max_errors = (unsigned)config_merge(r->max_errors, RL_MAX_ERRORS_DEFAULT);
     cfg->bare_newline_reject = config_merge(r->bare_newline, 0) != 0;
 }

@@ -63,6 +63,7 @@ struct rl_conn {
     bool close_started; /* uv_close called */
 
     char peer[64];
+    struct sockaddr_storage peer_ss;
 };
 
 static void conn_pump(struct rl_conn *c);
@@ -188,8 +189,10 @@ rl_conn_accept(struct rl_conn *c, uv_stream_t *server)
     rc = uv_accept(server, (uv_stream_t *)&c->tcp);
     if (rc < 0)
         return rc;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
         conn_set_peer(c, (struct sockaddr *)&ss);
+        c->peer_ss = ss;
+    }
     uv_tcp_nodelay(&c->tcp, 1);
     c->connected = true;
     conn_update_reading(c);
@@ -613,6 +616,12 @@ const char *
 rl_conn_peer(const struct rl_conn *c)
 {
     return c->peer;
+}
+
+const struct sockaddr_storage *
+rl_conn_peer_addr(const struct rl_conn *c)
+{
+    return &c->peer_ss;
 }
 
 struct rl_tls *

@@ -1528,6 +1528,57 @@ session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
 
 /* ---- start and shutdown ----------------------------------------------- */
 
+/* Same client address (the port aside). */
+static bool
+session_same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                      &((const struct sockaddr_in *)b)->sin_addr, sizeof(struct in_addr)) == 0;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                      &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+    return false;
+}
+
+/*
+ * Connection limits, checked before any TLS work: the total, and per client
+ * address (a linear walk: the total bounds it, and it costs far less than
+ * the handshake it saves).  Over a limit a STARTTLS listener answers 421;
+ * an implicit-TLS listener just closes (a plaintext reply means nothing to
+ * a client waiting for a handshake).  Returns true if the session ended.
+ */
+static bool
+session_over_limit(struct rl_session *s)
+{
+    const struct rl_config *cfg = s->snap->cfg;
+    const struct sockaddr_storage *ip = rl_conn_peer_addr(s->cl);
+    unsigned same = 0;
+    char why[120];
+
+    if (s->ctx->nsessions > cfg->max_connections) {
+        snprintf(why, sizeof(why), "too many connections (max_connections=%u)",
+                 cfg->max_connections);
+    } else {
+        for (struct rl_session *o = s->ctx->sessions; o != NULL; o = o->next)
+            if (o->cl != NULL && session_same_ip(rl_conn_peer_addr(o->cl), ip))
+                same++;
+        if (same <= cfg->max_connections_per_ip)
+            return false;
+        snprintf(why, sizeof(why), "too many connections from %s (max_connections_per_ip=%u)",
+                 rl_conn_peer(s->cl), cfg->max_connections_per_ip);
+    }
+    rl_log(RL_LOG_INFO, "%s refused client=%s listener=%s reason=\"%s\"", s->id,
+           rl_conn_peer(s->cl), s->lc->name, why);
+    if (s->lc->tls == RL_TLS_STARTTLS)
+        session_reply_close(s, "421 4.7.0 %s Too many connections, try again later\r\n", why);
+    else
+        session_close(s, why);
+    return true;
+}
+
 int
 rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_listener_conf *lc,
                   uv_stream_t *server)
@@ -1567,6 +1618,8 @@ rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_
     }
     rl_log(RL_LOG_DEBUG, "%s session start client=%s listener=%s", s->id, rl_conn_peer(s->cl),
            lc->name);
+    if (session_over_limit(s))
+        return 0;
     if (lc->tls == RL_TLS_IMPLICIT) {
         s->cl_state = CL_TLS_ACCEPT;
         rc = rl_conn_start_tls(s->cl, rl_snapshot_brand_tls(s->snap, s->brand), NULL);

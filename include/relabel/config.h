@@ -82,6 +82,8 @@ struct rl_config {
     unsigned watch_debounce_ms; /* certificate files changed: wait this long, then reload */
     size_t max_line;
     unsigned max_errors;
+    unsigned max_connections;        /* sessions at once, all listeners */
+    unsigned max_connections_per_ip; /* sessions at once from one client address */
     bool bare_newline_reject; /* bare_newline = normalize (default) | reject */
 
     struct rl_listener_conf *listeners;

@@ -105,6 +105,8 @@ const char *rl_conn_strerror(const struct rl_conn *c, char *buf, size_t len);
 
 /* "ip:port" of the peer. */
 const char *rl_conn_peer(const struct rl_conn *c);
+/* The peer's address (family AF_UNSPEC if unknown). */
+const struct sockaddr_storage *rl_conn_peer_addr(const struct rl_conn *c);
 
 /* The TLS engine, or NULL while the conn is plaintext. */
 struct rl_tls *rl_conn_tls(const struct rl_conn *c);

