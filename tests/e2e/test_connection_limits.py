@@ -68,3 +68,28 @@ def test_global_limit_on_implicit_listener(relay_ii, client_ctx):
     assert held[0].send_message(b"still served\r\n").code == 250
     for c in held:
         c.close()
+
+
+def test_burst_from_one_address_hits_the_default_limit(relay_st):
+    # 300 connections from one address against the default limit of 50:
+    # exactly 50 greeted, the rest refused with 421 4.7.0, and a client from
+    # another address is served meanwhile.
+    rl = relay_st.relabel
+    port = rl.ports["submission"]
+    socks, greeted, refused = [], 0, 0
+    try:
+        for _ in range(300):
+            ls = raw_connect(port)
+            socks.append(ls)
+            line = ls.readline()
+            if line.startswith(b"220 "):
+                greeted += 1
+            elif line.startswith(b"421 4.7.0"):
+                refused += 1
+        assert (greeted, refused) == (50, 250)
+        other = raw_connect(port, source="127.0.0.2")
+        assert other.readline().startswith(b"220 smtp.example.com")
+        other.close()
+    finally:
+        for ls in socks:
+            ls.close()
