@@ -154,6 +154,7 @@ struct rl_session {
     size_t fifo_head, fifo_len;
 
     struct rl_smtp_data data;
+    struct rl_smtp_msgid msgid;
 
     unsigned errors;
     unsigned messages;
@@ -769,7 +770,7 @@ static void
 session_log_message(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
 {
     const char *const *names = (const char *const *)s->uc->hide;
-    char hidden[200], text[240];
+    char hidden[200], text[240], mid[240];
     size_t off = 0, tlen = 0, n;
     const char *t = NULL;
     bool last;
@@ -777,8 +778,10 @@ session_log_message(struct rl_session *s, const struct rl_smtp_reply *r, const c
     rl_smtp_reply_line(p, r->len, &off, &t, &tlen, &last);
     n = rl_smtp_hide(t, tlen, names, s->uc->nhide, session_host(s), hidden, sizeof(hidden));
     rl_log_escape(hidden, n, text, sizeof(text));
-    rl_log(RL_LOG_INFO, "%s message from=<%s> rcpts=%u size=%" PRIu64 " result=\"%d %s\"", s->id,
-           s->mail_from, s->rcpts, s->data.size, r->code, text);
+    rl_log_escape(s->msgid.value, strlen(s->msgid.value), mid, sizeof(mid));
+    rl_log(RL_LOG_INFO,
+           "%s message from=<%s> rcpts=%u size=%" PRIu64 " message_id=\"%s\" result=\"%d %s\"",
+           s->id, s->mail_from, s->rcpts, s->data.size, mid, r->code, text);
 }
 
 /* An upstream reply answers the command at the head of the FIFO. */
@@ -848,6 +851,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
             if (r->code == 354) {
                 rl_smtp_data_init(&s->data, s->snap->cfg->bare_newline_reject,
                                   s->uc->max_message_size);
+                rl_smtp_msgid_init(&s->msgid);
                 s->data_abort = false;
                 session_enter_cl(s, CL_DATA);
                 session_set_timeouts(s, true);
@@ -1153,6 +1157,8 @@ session_data_emit(void *arg, const char *p, size_t n)
 {
     struct rl_session *s = arg;
 
+    if (!s->msgid.done)
+        rl_smtp_msgid_feed(&s->msgid, p, n);
     return batch_send(&s->up_out, p, n);
 }
 

@@ -275,3 +275,76 @@ rl_smtp_data_scan(struct rl_smtp_data *d, const char *p, size_t len, rl_smtp_dat
         return rc;
     return (long)i;
 }
+
+/* ---- Message-ID ------------------------------------------------------- */
+
+void
+rl_smtp_msgid_init(struct rl_smtp_msgid *m)
+{
+    memset(m, 0, sizeof(*m));
+}
+
+static int
+msgid_lower(int c)
+{
+    return c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+}
+
+/* Appends line[from..len) to the value, spaces trimmed at both ends. */
+static void
+msgid_take(struct rl_smtp_msgid *m, size_t from, size_t len)
+{
+    size_t have = strlen(m->value);
+
+    while (from < len && (m->line[from] == ' ' || m->line[from] == '\t'))
+        from++;
+    while (len > from && (m->line[len - 1] == ' ' || m->line[len - 1] == '\t'))
+        len--;
+    if (len - from > sizeof(m->value) - 1 - have)
+        len = from + (sizeof(m->value) - 1 - have);
+    memcpy(m->value + have, m->line + from, len - from);
+    m->value[have + len - from] = '\0';
+}
+
+/* A complete header line (without CRLF, possibly cut at sizeof(line)). */
+static void
+msgid_line(struct rl_smtp_msgid *m)
+{
+    static const char name[] = "message-id:";
+    size_t len = m->line_len, i;
+
+    if (len == 0) {
+        m->done = true; /* the empty line ends the header section */
+        return;
+    }
+    if (m->line[0] == ' ' || m->line[0] == '\t') {
+        if (m->in_field)
+            msgid_take(m, 0, len);
+        return;
+    }
+    m->in_field = false;
+    if (len < sizeof(name) - 1 || m->value[0] != '\0')
+        return;
+    for (i = 0; i < sizeof(name) - 1; i++)
+        if (msgid_lower((unsigned char)m->line[i]) != name[i])
+            return;
+    m->in_field = true;
+    msgid_take(m, sizeof(name) - 1, len);
+}
+
+void
+rl_smtp_msgid_feed(struct rl_smtp_msgid *m, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n && !m->done; i++) {
+        if (++m->seen >= RL_SMTP_MSGID_SCAN)
+            m->done = true;
+        if (p[i] == '\n') {
+            if (m->line_len > 0 && m->line[m->line_len - 1] == '\r')
+                m->line_len--;
+            msgid_line(m);
+            m->line_len = 0;
+        } else if (m->line_len < sizeof(m->line)) {
+            m->line[m->line_len++] = p[i];
+        }
+    }
+}

@@ -204,4 +204,25 @@ void rl_smtp_data_init(struct rl_smtp_data *d, bool reject_bare, uint64_t max_si
 long rl_smtp_data_scan(struct rl_smtp_data *d, const char *p, size_t len, rl_smtp_data_emit_cb emit,
                        void *arg, bool *done);
 
+/*
+ * Finds the Message-ID header field (RFC 5322 §3.6.4) in a message as it
+ * streams, so the message log line can be joined with the provider's own
+ * event log.  Fed the bytes sent upstream; looks only at the header section
+ * and at most RL_SMTP_MSGID_SCAN bytes of it, and keeps at most
+ * sizeof(value) - 1 bytes of the value (a folded value is joined).
+ */
+#define RL_SMTP_MSGID_SCAN (64 * 1024)
+
+struct rl_smtp_msgid {
+    size_t seen;     /* bytes looked at */
+    size_t line_len; /* bytes of the current line kept in line[] */
+    bool done;       /* end of the header section, or the scan limit */
+    bool in_field;   /* the current field is Message-ID: continuation lines belong to it */
+    char line[256];
+    char value[200];
+};
+
+void rl_smtp_msgid_init(struct rl_smtp_msgid *m);
+void rl_smtp_msgid_feed(struct rl_smtp_msgid *m, const char *p, size_t n);
+
 #endif

@@ -11,7 +11,8 @@ import pytest
 
 import harness as h
 
-BODY = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: logged\r\n\r\nHello, log.\r\n"
+BODY = (b"From: a@example.net\r\nTo: b@example.org\r\nSubject: logged\r\n"
+        b"Message-ID:\r\n <20261126.logged@example.net>\r\n\r\nHello, log.\r\n")
 
 
 def after_ready(log):
@@ -45,7 +46,7 @@ def test_message_and_session_lines(relay):
     msgs = [l for l in log.splitlines() if " message from=" in l]
     assert len(msgs) == 1, msgs
     m = re.search(r" info (\S+) message from=<logged@example\.net> rcpts=2 size=(\d+) "
-                  r'result="250 ([^"]*)"$', msgs[0])
+                  r'message_id="<20261126\.logged@example\.net>" result="250 ([^"]*)"$', msgs[0])
     assert m, msgs[0]
     sid = m.group(1)
     assert int(m.group(2)) in (len(BODY), len(BODY) + 3), msgs[0]  # with or without ".\r\n"

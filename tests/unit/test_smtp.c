@@ -1204,23 +1204,86 @@ test_guard_page(void **state)
     res_free(&r);
 }
 
+/* ---- Message-ID -------------------------------------------------------- */
+
+/* Feeds msg whole and byte by byte; both must find want. */
+static void
+msgid_check(const char *msg, const char *want)
+{
+    struct rl_smtp_msgid m;
+
+    rl_smtp_msgid_init(&m);
+    rl_smtp_msgid_feed(&m, msg, strlen(msg));
+    assert_string_equal(m.value, want);
+    rl_smtp_msgid_init(&m);
+    for (size_t i = 0; msg[i] != '\0'; i++)
+        rl_smtp_msgid_feed(&m, msg + i, 1);
+    assert_string_equal(m.value, want);
+}
+
+static void
+test_msgid(void **state)
+{
+    char big[300];
+    struct rl_smtp_msgid m;
+
+    msgid_check("Subject: x\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n", "<a@b>");
+    msgid_check("message-id:<a@b>  \r\n\r\n", "<a@b>");
+    msgid_check("Message-ID:\r\n <folded@b>\r\nTo: c\r\n\r\n", "<folded@b>");
+    msgid_check("Subject: x\r\n\r\nMessage-ID: <in-body@b>\r\n", "");
+    msgid_check("X-Message-ID: <other@b>\r\n\r\n", "");
+    msgid_check("Message-ID: <first@b>\r\nMessage-ID: <second@b>\r\n\r\n", "<first@b>");
+    msgid_check("Subject: x\r\n", "");
+
+    memset(big, 'x', sizeof(big));
+    memcpy(big, "Message-ID: <", 13);
+    memcpy(big + sizeof(big) - 4, ">\r\n", 3);
+    big[sizeof(big) - 1] = '\0';
+    rl_smtp_msgid_init(&m);
+    rl_smtp_msgid_feed(&m, big, strlen(big));
+    assert_int_equal(strlen(m.value), sizeof(m.value) - 1);
+    assert_memory_equal(m.value, "<xxx", 4);
+
+    /* Only the first RL_SMTP_MSGID_SCAN bytes are looked at. */
+    rl_smtp_msgid_init(&m);
+    for (size_t i = 0; i < RL_SMTP_MSGID_SCAN / 8; i++)
+        rl_smtp_msgid_feed(&m, "X-A: b\r\n", 8);
+    assert_true(m.done);
+    rl_smtp_msgid_feed(&m, "Message-ID: <late@b>\r\n", 22);
+    assert_string_equal(m.value, "");
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_verb_str),         cmocka_unit_test(test_cmd_verbs),
-        cmocka_unit_test(test_cmd_args),         cmocka_unit_test(test_cmd_terminators),
-        cmocka_unit_test(test_cmd_more),         cmocka_unit_test(test_cmd_too_long),
-        cmocka_unit_test(test_cmd_bad_bytes),    cmocka_unit_test(test_reply_single),
-        cmocka_unit_test(test_reply_multi),      cmocka_unit_test(test_reply_malformed),
-        cmocka_unit_test(test_reply_incomplete), cmocka_unit_test(test_reply_too_long),
-        cmocka_unit_test(test_reply_lines),      cmocka_unit_test(test_hide),
-        cmocka_unit_test(test_ehlo_caps),        cmocka_unit_test(test_ehlo_render),
-        cmocka_unit_test(test_data_plain),       cmocka_unit_test(test_data_normalise),
-        cmocka_unit_test(test_data_reject),      cmocka_unit_test(test_data_nul),
-        cmocka_unit_test(test_data_max_size),    cmocka_unit_test(test_data_emit_error),
-        cmocka_unit_test(test_data_runs),        cmocka_unit_test(test_data_smuggling),
-        cmocka_unit_test(test_data_random),      cmocka_unit_test(test_guard_page),
+        cmocka_unit_test(test_verb_str),
+        cmocka_unit_test(test_cmd_verbs),
+        cmocka_unit_test(test_cmd_args),
+        cmocka_unit_test(test_cmd_terminators),
+        cmocka_unit_test(test_cmd_more),
+        cmocka_unit_test(test_cmd_too_long),
+        cmocka_unit_test(test_cmd_bad_bytes),
+        cmocka_unit_test(test_reply_single),
+        cmocka_unit_test(test_reply_multi),
+        cmocka_unit_test(test_reply_malformed),
+        cmocka_unit_test(test_reply_incomplete),
+        cmocka_unit_test(test_reply_too_long),
+        cmocka_unit_test(test_reply_lines),
+        cmocka_unit_test(test_hide),
+        cmocka_unit_test(test_msgid),
+        cmocka_unit_test(test_ehlo_caps),
+        cmocka_unit_test(test_ehlo_render),
+        cmocka_unit_test(test_data_plain),
+        cmocka_unit_test(test_data_normalise),
+        cmocka_unit_test(test_data_reject),
+        cmocka_unit_test(test_data_nul),
+        cmocka_unit_test(test_data_max_size),
+        cmocka_unit_test(test_data_emit_error),
+        cmocka_unit_test(test_data_runs),
+        cmocka_unit_test(test_data_smuggling),
+        cmocka_unit_test(test_data_random),
+        cmocka_unit_test(test_guard_page),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
