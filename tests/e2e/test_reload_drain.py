@@ -291,17 +291,25 @@ def test_reload_new_certificate(certs, pairs, upstream_factory, relabel_factory,
     assert rl.proc.poll() is None
 
 
-def test_sighup_rereads_files_with_config_unchanged(certs, pairs, upstream_factory,
-                                                   relabel_factory, client_ctx, tmp_path):
-    """Same config, certificate and key rewritten in place: SIGHUP serves the new pair (the
-    watcher's debounce is set to its 60 s maximum, so only the signal can explain it)."""
+
+def start_with_pair(pairs, upstream_factory, relabel_factory, tmp_path, debounce):
+    """relabel serving pair v1 from tmp_path/tls, watching with `debounce`.
+    Returns (upstream, relabel, cert path, key path)."""
     tls = tmp_path / "tls"
     tls.mkdir()
     crt, key = str(tls / "brand.crt"), str(tls / "brand.key")
     install_pair(pairs["v1"], crt, key)
     up = upstream_factory("implicit")
-    rl = relabel_factory(up.port, "implicit", relabel_opts={"watch_debounce": "60s"},
+    rl = relabel_factory(up.port, "implicit", relabel_opts={"watch_debounce": debounce},
                          brand_opts={"cert": crt, "key": key})
+    return up, rl, crt, key
+
+def test_sighup_rereads_files_with_config_unchanged(certs, pairs, upstream_factory,
+                                                   relabel_factory, client_ctx, tmp_path):
+    """Same config, certificate and key rewritten in place: SIGHUP serves the new pair (the
+    watcher's debounce is set to its 60 s maximum, so only the signal can explain it)."""
+    up, rl, crt, key = start_with_pair(pairs, upstream_factory, relabel_factory, tmp_path,
+                                       "60s")
     assert served_fp(rl.ports["smtps"], client_ctx) == cert_fp(pairs["v1"][0])
     install_pair(pairs["v3"], crt, key)  # in place: truncate and write
     time.sleep(0.2)
@@ -743,13 +751,8 @@ def _wait_served(rl, ctx, fp, timeout=8.0, what="the new certificate", mark=0):
 
 def test_watch_rename_over_cert(certs, pairs, upstream_factory, relabel_factory, client_ctx,
                                 tmp_path):
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    crt, key = str(tls / "brand.crt"), str(tls / "brand.key")
-    install_pair(pairs["v1"], crt, key)
-    up = upstream_factory("implicit")
-    rl = relabel_factory(up.port, "implicit", relabel_opts={"watch_debounce": "300ms"},
-                         brand_opts={"cert": crt, "key": key})
+    up, rl, crt, key = start_with_pair(pairs, upstream_factory, relabel_factory, tmp_path,
+                                       "300ms")
     assert served_fp(rl.ports["smtps"], client_ctx) == cert_fp(pairs["v1"][0])
     held = h.open_session(rl, "implicit", client_ctx)
     before = reload_count(rl)
@@ -777,13 +780,8 @@ def test_watch_debounce_waits_for_slow_in_place_writes(certs, pairs, upstream_fa
                                                        relabel_factory, client_ctx, tmp_path):
     """Key and certificate rewritten in place in small pieces, 120 ms apart (each gap
     shorter than watch_debounce = 400ms): one reload, after the last piece, and it works."""
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    crt, key = str(tls / "brand.crt"), str(tls / "brand.key")
-    install_pair(pairs["v1"], crt, key)
-    up = upstream_factory("implicit")
-    rl = relabel_factory(up.port, "implicit", relabel_opts={"watch_debounce": "400ms"},
-                         brand_opts={"cert": crt, "key": key})
+    up, rl, crt, key = start_with_pair(pairs, upstream_factory, relabel_factory, tmp_path,
+                                       "400ms")
     before = reload_count(rl)
     mark = len(rl.log)
     for src, dst in ((pairs["v2"][1], key), (pairs["v2"][0], crt)):
@@ -804,13 +802,8 @@ def test_watch_debounce_waits_for_slow_in_place_writes(certs, pairs, upstream_fa
 
 def test_watch_bad_file_changes_nothing(certs, pairs, upstream_factory, relabel_factory,
                                         client_ctx, tmp_path):
-    tls = tmp_path / "tls"
-    tls.mkdir()
-    crt, key = str(tls / "brand.crt"), str(tls / "brand.key")
-    install_pair(pairs["v1"], crt, key)
-    up = upstream_factory("implicit")
-    rl = relabel_factory(up.port, "implicit", relabel_opts={"watch_debounce": "300ms"},
-                         brand_opts={"cert": crt, "key": key})
+    up, rl, crt, key = start_with_pair(pairs, upstream_factory, relabel_factory, tmp_path,
+                                       "300ms")
     v1 = cert_fp(pairs["v1"][0])
     # a key that does not belong to the certificate, renamed over the good one
     shutil.copyfile(os.path.join(certs, "mismatch.key"), key + ".new")
