@@ -1316,8 +1316,7 @@ config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct 
     cfg->drain_timeout_ms = (unsigned)config_merge(r->drain_timeout, RL_TIMEOUT_DRAIN_DEFAULT);
     cfg->watch_debounce_ms = (unsigned)config_merge(r->watch_debounce, RL_WATCH_DEBOUNCE_DEFAULT);
     cfg->max_line = (size_t)config_merge(r->max_line, RL_SMTP_LINE_DEFAULT);
-    cfg->max_connections =
-        (unsigned)config_merge(r->max_connections, RL_MAX_CONNECTIONS_DEFAULT);
+    cfg->max_connections = (unsigned)config_merge(r->max_connections, RL_MAX_CONNECTIONS_DEFAULT);
     cfg->max_connections_per_ip =
         (unsigned)config_merge(r->max_connections_per_ip, RL_MAX_CONNECTIONS_PER_IP_DEFAULT);
     cfg->max_errors = (unsigned)config_merge(r->max_errors, RL_MAX_ERRORS_DEFAULT);

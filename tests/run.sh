@@ -20,24 +20,31 @@ build() { # dir, meson options...
     ninja -C "$dir"
 }
 
+# check NAME OK: one line per static check; the summary counts it like a test.
+check() {
+    if [ "$2" = 0 ]; then echo "check $1: ok" >>"$results/checks"; else
+        echo "check $1: FAILED" >>"$results/checks"; status=1; fi
+}
+
 echo "== format"
-if ! clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c tests/fuzz/*.c tests/fuzz/session/*.c \
-    tests/fuzz/*.h tests/fuzz/session/*.h; then
-    echo "clang-format: sources are not formatted"; status=1
-fi
+clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c tests/fuzz/*.c \
+    tests/fuzz/session/*.c tests/fuzz/*.h tests/fuzz/session/*.h bench/*.c
+rc=$?; [ $rc = 0 ] || echo "clang-format: sources are not formatted"
+check format $rc
 
 echo "== clang: compile (warnings are errors)"
-CC=clang build build-clang || status=1
+CC=clang build build-clang; check clang-build $?
 
 echo "== cppcheck"
-cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability -I include src/ ||
-    status=1
+cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability -I include src/
+check cppcheck $?
 
 for variant in build build-asan; do
     opts=()
     [ $variant = build-asan ] && opts=(-Db_sanitize=address,undefined -Db_lundef=false)
     echo "== $variant: compile"
-    build $variant "${opts[@]}" || { status=1; continue; }
+    build $variant "${opts[@]}"; rc=$?; check "$variant-compile" $rc
+    [ $rc = 0 ] || continue
 
     export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -78,6 +85,16 @@ try:
                 passed += 1
             else:
                 failed += 1
+except OSError:
+    pass
+# One result per static check (format, compile, cppcheck).
+try:
+    for line in open(sys.argv[1] + "/checks"):
+        print(line.rstrip())
+        if line.rstrip().endswith(": ok"):
+            passed += 1
+        else:
+            failed += 1
 except OSError:
     pass
 print(f"{passed} passed, {failed} failed, {skipped} skipped")

@@ -84,7 +84,7 @@ struct rl_config {
     unsigned max_errors;
     unsigned max_connections;        /* sessions at once, all listeners */
     unsigned max_connections_per_ip; /* sessions at once from one client address */
-    bool bare_newline_reject; /* bare_newline = normalize (default) | reject */
+    bool bare_newline_reject;        /* bare_newline = normalize (default) | reject */
 
     struct rl_listener_conf *listeners;
     size_t nlisteners;
