@@ -100,14 +100,18 @@ struct config_raw_relabel {
     int64_t handshake_timeout;
     int64_t command_timeout;
     int64_t data_timeout;
+    int64_t command_deadline;
+    int64_t min_data_rate;
     int64_t upstream_connect_timeout;
     int64_t upstream_timeout;
     int64_t drain_timeout;
     int64_t watch_debounce;
     int64_t max_line;
     int64_t max_errors;
+    int64_t max_junk_commands;
     int64_t max_connections;
     int64_t max_connections_per_ip;
+    int64_t max_upstream_connections;
     int64_t bare_newline;
 };
 
@@ -267,14 +271,18 @@ enum config_dindex {
     CONFIG_D_HANDSHAKE_TIMEOUT,
     CONFIG_D_COMMAND_TIMEOUT,
     CONFIG_D_DATA_TIMEOUT,
+    CONFIG_D_COMMAND_DEADLINE,
+    CONFIG_D_MIN_DATA_RATE,
     CONFIG_D_UPSTREAM_CONNECT_TIMEOUT,
     CONFIG_D_UPSTREAM_TIMEOUT,
     CONFIG_D_DRAIN_TIMEOUT,
     CONFIG_D_WATCH_DEBOUNCE,
     CONFIG_D_MAX_LINE,
     CONFIG_D_MAX_ERRORS,
+    CONFIG_D_MAX_JUNK_COMMANDS,
     CONFIG_D_MAX_CONNECTIONS,
     CONFIG_D_MAX_CONNECTIONS_PER_IP,
+    CONFIG_D_MAX_UPSTREAM_CONNECTIONS,
     CONFIG_D_BARE_NEWLINE,
     CONFIG_D_LISTEN,
     CONFIG_D_LISTENER_TLS,
@@ -319,6 +327,9 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_HANDSHAKE_TIMEOUT] = CONFIG_TIMEOUT(handshake_timeout),
     [CONFIG_D_COMMAND_TIMEOUT] = CONFIG_TIMEOUT(command_timeout),
     [CONFIG_D_DATA_TIMEOUT] = CONFIG_TIMEOUT(data_timeout),
+    [CONFIG_D_COMMAND_DEADLINE] = CONFIG_TIMEOUT(command_deadline),
+    [CONFIG_D_MIN_DATA_RATE] = {CONFIG_R(min_data_rate, config_parse_number), .min = 0,
+                                .max = 1000000000},
     [CONFIG_D_UPSTREAM_CONNECT_TIMEOUT] = CONFIG_TIMEOUT(upstream_connect_timeout),
     [CONFIG_D_UPSTREAM_TIMEOUT] = CONFIG_TIMEOUT(upstream_timeout),
     [CONFIG_D_DRAIN_TIMEOUT] = CONFIG_TIMEOUT(drain_timeout),
@@ -327,10 +338,14 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_MAX_LINE] = {CONFIG_R(max_line, config_parse_number), .min = RL_SMTP_LINE_MIN,
                            .max = RL_SMTP_LINE_MAX},
     [CONFIG_D_MAX_ERRORS] = {CONFIG_R(max_errors, config_parse_number), .min = 1, .max = 1000},
+    [CONFIG_D_MAX_JUNK_COMMANDS] = {CONFIG_R(max_junk_commands, config_parse_number), .min = 1,
+                                    .max = 1000000},
     [CONFIG_D_MAX_CONNECTIONS] = {CONFIG_R(max_connections, config_parse_number), .min = 1,
                                   .max = 1000000},
     [CONFIG_D_MAX_CONNECTIONS_PER_IP] = {CONFIG_R(max_connections_per_ip, config_parse_number),
                                          .min = 1, .max = 1000000},
+    [CONFIG_D_MAX_UPSTREAM_CONNECTIONS] = {CONFIG_R(max_upstream_connections, config_parse_number),
+                                           .min = 0, .max = 1000000},
     [CONFIG_D_BARE_NEWLINE] = {CONFIG_R(bare_newline, config_parse_enum),
                                .names = config_names_bare_newline},
 
@@ -997,9 +1012,10 @@ config_raw_init(struct config_section *sec)
 
         r->log_level = r->log_format = r->bare_newline = CONFIG_UNSET;
         r->handshake_timeout = r->command_timeout = r->data_timeout = CONFIG_UNSET;
+        r->command_deadline = r->min_data_rate = r->max_upstream_connections = CONFIG_UNSET;
         r->upstream_connect_timeout = r->upstream_timeout = CONFIG_UNSET;
         r->drain_timeout = r->watch_debounce = CONFIG_UNSET;
-        r->max_line = r->max_errors = CONFIG_UNSET;
+        r->max_line = r->max_errors = r->max_junk_commands = CONFIG_UNSET;
         r->max_connections = r->max_connections_per_ip = CONFIG_UNSET;
         break;
     }
@@ -1309,6 +1325,9 @@ config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct 
     cfg->command_timeout_ms =
         (unsigned)config_merge(r->command_timeout, RL_TIMEOUT_COMMAND_DEFAULT);
     cfg->data_timeout_ms = (unsigned)config_merge(r->data_timeout, RL_TIMEOUT_DATA_DEFAULT);
+    cfg->command_deadline_ms =
+        (unsigned)config_merge(r->command_deadline, RL_COMMAND_DEADLINE_DEFAULT);
+    cfg->min_data_rate = (unsigned)config_merge(r->min_data_rate, RL_MIN_DATA_RATE_DEFAULT);
     cfg->upstream_connect_timeout_ms =
         (unsigned)config_merge(r->upstream_connect_timeout, RL_TIMEOUT_UP_CONNECT_DEFAULT);
     cfg->upstream_timeout_ms =
@@ -1319,7 +1338,10 @@ config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct 
     cfg->max_connections = (unsigned)config_merge(r->max_connections, RL_MAX_CONNECTIONS_DEFAULT);
     cfg->max_connections_per_ip =
         (unsigned)config_merge(r->max_connections_per_ip, RL_MAX_CONNECTIONS_PER_IP_DEFAULT);
+    cfg->max_upstream_connections = (unsigned)config_merge(r->max_upstream_connections, 0);
     cfg->max_errors = (unsigned)config_merge(r->max_errors, RL_MAX_ERRORS_DEFAULT);
+    cfg->max_junk_commands =
+        (unsigned)config_merge(r->max_junk_commands, RL_MAX_JUNK_COMMANDS_DEFAULT);
     cfg->bare_newline_reject = config_merge(r->bare_newline, 0) != 0;
 }
 

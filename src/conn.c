@@ -45,6 +45,7 @@ struct rl_conn {
     struct rl_buf inflight;
 
     unsigned timeout_ms;
+    bool deadline; /* the timer is a deadline: reads do not restart it */
     int err;
     int write_err; /* first failed rl_conn_write(); every later one fails */
     int handles;   /* open handles; freed when it drops to 0 */
@@ -393,7 +394,7 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             rl_tls_in_commit(c->tls, (size_t)nread);
         else
             rl_buf_commit(&c->in, (size_t)nread);
-        if (c->timeout_ms > 0)
+        if (c->timeout_ms > 0 && !c->deadline)
             uv_timer_start(&c->timer, conn_on_timer, c->timeout_ms, 0);
     }
     conn_pump(c);
@@ -546,10 +547,18 @@ rl_conn_set_timeout(struct rl_conn *c, unsigned ms)
     if (c->closing)
         return;
     c->timeout_ms = ms;
+    c->deadline = false;
     if (ms == 0)
         uv_timer_stop(&c->timer);
     else
         uv_timer_start(&c->timer, conn_on_timer, ms, 0);
+}
+
+void
+rl_conn_set_deadline(struct rl_conn *c, unsigned ms)
+{
+    rl_conn_set_timeout(c, ms);
+    c->deadline = ms > 0;
 }
 
 static void

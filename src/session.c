@@ -90,8 +90,8 @@ enum pending_kind { P_CMD, P_EOD, P_AUTH_CONT, P_LOCAL };
 struct pending {
     enum pending_kind kind;
     enum rl_smtp_verb verb;
-    const char *local; /* P_LOCAL: the reply, with CRLF, "%s" = hostname */
-    bool close_after;  /* P_LOCAL: close the session once it is sent */
+    const char *local;     /* P_LOCAL: the reply, with CRLF, "%s" = hostname */
+    const char *close_why; /* P_LOCAL: close once it is sent, for this reason */
 };
 
 static const char REPLY_SHUTDOWN[] = "421 4.3.2 %s Service shutting down\r\n";
@@ -103,6 +103,7 @@ static const char REPLY_UP_LOST[] =
     "421 4.4.2 %s Connection to the mail service lost, closing connection\r\n";
 static const char REPLY_UP_TLS[] =
     "421 4.7.0 %s Mail service could not be verified, closing connection\r\n";
+static const char REPLY_UP_BUSY[] = "421 4.3.2 %s Too busy, try again later\r\n";
 
 /* Small writes are gathered into one buffer per leg and written once per
  * event, so pipelined replies leave as one TLS record, not one each. */
@@ -145,6 +146,8 @@ struct rl_session {
     bool quit_sent;       /* QUIT went upstream: no courtesy QUIT on close */
     bool in_tx;           /* a transaction is open: MAIL relayed, not yet ended */
     bool draining;        /* shutting down: close once the transaction ends */
+    bool up_counted;      /* holds one of max_upstream_connections */
+    bool cl_deadline;     /* the client's timer is a deadline, not an idle timeout */
 
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
@@ -157,6 +160,7 @@ struct rl_session {
     struct rl_smtp_msgid msgid;
 
     unsigned errors;
+    unsigned junk; /* NOOP, RSET, VRFY, EXPN, HELP since the last message */
     unsigned messages;
     unsigned rcpts;
     char mail_from[200];
@@ -167,6 +171,15 @@ struct rl_session {
     char up_cipher[64]; /* line after the connection is gone */
     unsigned cl_timeout_ms;
     uint64_t started_ms;
+
+    /* Deadlines (limits.h): when the client's handshake or message began,
+     * when the incomplete command line in `in` was first seen, and time the
+     * client spent paused because the upstream did not keep up. */
+    uint64_t step_ms;
+    unsigned long long step_bytes; /* client bytes received before step_ms */
+    uint64_t line_ms;
+    uint64_t paused_at;
+    uint64_t paused_ms;
 };
 
 static void session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg);
@@ -189,6 +202,11 @@ session_enter_cl(struct rl_session *s, enum cl_state st)
     rl_log(RL_LOG_DEBUG, "%s client state %s -> %s", s->id, cl_state_names[s->cl_state],
            cl_state_names[st]);
     s->cl_state = st;
+    if (st == CL_TLS_ACCEPT || st == CL_DATA) {
+        s->step_ms = session_now_ms(s);
+        s->step_bytes = s->cl != NULL ? rl_conn_bytes_in(s->cl) : 0;
+        s->paused_ms = 0;
+    }
 }
 
 static void
@@ -345,11 +363,11 @@ session_fifo_locals(struct rl_session *s)
 
     while (!s->closing && (p = fifo_head(s)) != NULL && p->kind == P_LOCAL) {
         const char *text = p->local;
-        bool close_after = p->close_after;
+        const char *close_why = p->close_why;
 
         fifo_pop(s);
-        if (close_after)
-            session_reply_close(s, text, "protocol error");
+        if (close_why != NULL)
+            session_reply_close(s, text, close_why);
         else
             session_reply(s, text);
     }
@@ -357,16 +375,16 @@ session_fifo_locals(struct rl_session *s)
 
 /* A local answer in relay mode: in order behind the pending replies. */
 static void
-session_local(struct rl_session *s, const char *fmt, bool close_after)
+session_local(struct rl_session *s, const char *fmt, const char *close_why)
 {
     if (s->fifo_len == 0) {
-        if (close_after)
-            session_reply_close(s, fmt, "protocol error");
+        if (close_why != NULL)
+            session_reply_close(s, fmt, close_why);
         else
             session_reply(s, fmt);
         return;
     }
-    fifo_push(s, (struct pending){.kind = P_LOCAL, .local = fmt, .close_after = close_after});
+    fifo_push(s, (struct pending){.kind = P_LOCAL, .local = fmt, .close_why = close_why});
 }
 
 /* Commands whose reply decides how the bytes after them are read. */
@@ -395,14 +413,44 @@ session_blocked(struct rl_session *s)
 }
 
 /*
- * Arms the idle timers for what each leg is waiting for.  A client waiting
- * for replies is not idle: while relayed commands are unanswered only the
+ * The client's deadline for its current step (limits.h), 0 if none: a TLS
+ * handshake, a command line that has begun, or a message, which must
+ * average min_data_rate once data_timeout has passed.  Time the session
+ * itself holds the client back (the upstream is slow) does not count.
+ */
+static uint64_t
+session_deadline(const struct rl_session *s)
+{
+    const struct rl_config *cfg = s->snap->cfg;
+
+    switch (s->cl_state) {
+    case CL_TLS_ACCEPT:
+        return s->step_ms + cfg->handshake_timeout_ms;
+    case CL_DATA:
+        if (cfg->min_data_rate == 0 || s->paused_at != 0 || s->cl == NULL)
+            return 0;
+        return s->step_ms + s->paused_ms + cfg->data_timeout_ms +
+               (rl_conn_bytes_in(s->cl) - s->step_bytes) * 1000 / cfg->min_data_rate;
+    case CL_COMMAND:
+    case CL_AUTH:
+    case CL_DISCARD:
+        return s->line_ms != 0 ? s->line_ms + cfg->command_deadline_ms : 0;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * Arms the timers for what each leg is waiting for.  A client waiting for
+ * replies is not idle: while relayed commands are unanswered only the
  * upstream's timer runs (RFC 5321 §4.5.3.2: a client waits up to 10
  * minutes for the reply to the end of data), so a slow final reply is
  * never cut short by the client's command timeout.  With `force` the
- * client's timer restarts (a new state); otherwise it changes only when
- * its duration does, so events from the upstream do not extend a silent
- * client's time.
+ * client's idle timer restarts (a new state); otherwise it changes only
+ * when its duration does, so events from the upstream do not extend a
+ * silent client's time.  When the client's deadline comes before its idle
+ * timeout, the deadline is armed instead, with the time left, so bytes
+ * trickling in never push it back.
  */
 static void
 session_set_timeouts(struct rl_session *s, bool force)
@@ -422,9 +470,19 @@ session_set_timeouts(struct rl_session *s, bool force)
         ms = waiting ? 0 : cfg->command_timeout_ms;
         break;
     }
-    if (s->cl != NULL && (force || ms != s->cl_timeout_ms)) {
-        s->cl_timeout_ms = ms;
-        rl_conn_set_timeout(s->cl, ms);
+    if (s->cl != NULL) {
+        uint64_t deadline = session_deadline(s), now = session_now_ms(s);
+        unsigned left = deadline == 0 ? 0 : deadline > now ? (unsigned)(deadline - now) : 1;
+
+        if (left != 0 && (ms == 0 || left <= ms)) {
+            s->cl_deadline = true;
+            s->cl_timeout_ms = left;
+            rl_conn_set_deadline(s->cl, left);
+        } else if (force || s->cl_deadline || ms != s->cl_timeout_ms) {
+            s->cl_deadline = false;
+            s->cl_timeout_ms = ms;
+            rl_conn_set_timeout(s->cl, ms);
+        }
     }
     if (s->up != NULL && s->up_state == UP_READY)
         rl_conn_set_timeout(s->up, s->fifo_len ? cfg->upstream_timeout_ms : 0);
@@ -490,6 +548,17 @@ session_close(struct rl_session *s, const char *why)
         rl_conn_close(s->cl);
 }
 
+/* The session's upstream leg no longer counts against
+ * max_upstream_connections: it failed, or the session is gone. */
+static void
+session_up_release(struct rl_session *s)
+{
+    if (s->up_counted) {
+        s->up_counted = false;
+        s->ctx->nupstreams--;
+    }
+}
+
 static void
 session_free(struct rl_session *s)
 {
@@ -502,6 +571,7 @@ session_free(struct rl_session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     ctx->nsessions--;
+    session_up_release(s);
     rl_buf_free(&s->cl_out.b);
     rl_buf_free(&s->up_out.b);
     rl_snapshot_unref(s->snap);
@@ -527,6 +597,7 @@ session_up_fail(struct rl_session *s, const char *reply, const char *what)
            up_state_names[s->up_state], s->uc->host, what);
     session_enter_up(s, UP_FAILED);
     s->fail_reply = reply;
+    session_up_release(s);
     if (s->up != NULL) {
         rl_conn_abort(s->up);
         s->up = NULL;
@@ -596,9 +667,20 @@ session_up_start(struct rl_session *s)
 {
     int err = 0;
 
+    unsigned max = s->snap->cfg->max_upstream_connections;
+    char why[80];
+
     if (s->up_started)
         return;
     s->up_started = true;
+    if (max != 0 && s->ctx->nupstreams >= max) {
+        snprintf(why, sizeof(why), "too many upstream connections (max_upstream_connections=%u)",
+                 max);
+        session_up_fail(s, REPLY_UP_BUSY, why);
+        return;
+    }
+    s->up_counted = true;
+    s->ctx->nupstreams++;
     session_enter_up(s, UP_RESOLVE);
     s->resolve = rl_upstream_resolve(s->ctx->loop, s->uc, session_on_resolved, s, &err);
     if (s->resolve == NULL)
@@ -803,8 +885,10 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
     if (e.kind == P_EOD) {
         s->in_tx = false;
         session_log_message(s, r, p);
-        if (r->code / 100 == 2)
+        if (r->code / 100 == 2) {
             s->messages++;
+            s->junk = 0;
+        }
         s->rcpts = 0;
         s->mail_from[0] = '\0';
         session_relay_reply(s, r, p);
@@ -1035,7 +1119,7 @@ session_client_starttls(struct rl_session *s)
         return false;
     }
     if (s->fifo_len > 0) {
-        session_local(s, "503 5.5.1 STARTTLS must not be pipelined\r\n", false);
+        session_local(s, "503 5.5.1 STARTTLS must not be pipelined\r\n", NULL);
         return true;
     }
     if (s->relayed_state) {
@@ -1082,14 +1166,14 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
     switch (cmd->verb) {
     case RL_SMTP_STARTTLS:
         if (s->cl_tls) {
-            session_local(s, "503 5.5.1 TLS already active\r\n", false);
+            session_local(s, "503 5.5.1 TLS already active\r\n", NULL);
             return true;
         }
         return session_client_starttls(s);
     case RL_SMTP_BDAT:
         /* CHUNKING is never offered; the chunk that follows cannot be
          * told apart from commands, so the session cannot continue. */
-        session_local(s, "502 5.5.1 BDAT not supported, closing\r\n", true);
+        session_local(s, "502 5.5.1 BDAT not supported, closing\r\n", "BDAT not supported");
         return false;
     case RL_SMTP_AUTH:
         if (!s->cl_tls) {
@@ -1117,8 +1201,7 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
         if (s->uc->max_message_size != 0 && size > s->uc->max_message_size) {
             /* RFC 1870 §6.1: refused before any byte is sent, since the
              * provider announces more than it really takes. */
-            session_local(s, "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
-                          false);
+            session_local(s, "552 5.3.4 Message size exceeds fixed maximum message size\r\n", NULL);
             return true;
         }
         if (lt != NULL && gt != NULL)
@@ -1138,7 +1221,7 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
     }
     if (cmd->verb == RL_SMTP_MAIL && s->draining) {
         /* Shutting down: no new transaction. */
-        session_local(s, REPLY_SHUTDOWN, true);
+        session_local(s, REPLY_SHUTDOWN, "shutdown");
         return false;
     }
     if (cmd->verb == RL_SMTP_AUTH || cmd->verb == RL_SMTP_MAIL)
@@ -1218,6 +1301,33 @@ session_client_data(struct rl_session *s, struct rl_buf *in)
     return true;
 }
 
+/*
+ * Commands that move no mail (NOOP, RSET, VRFY, EXPN, HELP) are counted;
+ * past max_junk_commands since the last accepted message the session is
+ * closed, so a client cannot hold a connection for ever with them.  True
+ * if it was.
+ */
+static bool
+session_junk(struct rl_session *s, enum rl_smtp_verb verb)
+{
+    switch (verb) {
+    case RL_SMTP_NOOP:
+    case RL_SMTP_RSET:
+    case RL_SMTP_VRFY:
+    case RL_SMTP_EXPN:
+    case RL_SMTP_HELP:
+        break;
+    default:
+        return false;
+    }
+    if (++s->junk <= s->snap->cfg->max_junk_commands)
+        return false;
+    /* In order: after the replies still owed. */
+    session_local(s, "421 4.7.0 %s Too many commands without mail, closing connection\r\n",
+                  "too many commands without mail (max_junk_commands)");
+    return true;
+}
+
 /* After an over-long line: true if its end has not arrived yet, so the
  * bytes up to the next LF must still be discarded. */
 static bool
@@ -1238,6 +1348,7 @@ session_client_process(struct rl_session *s)
 {
     const struct rl_config *cfg = s->snap->cfg;
     struct rl_buf *in;
+    bool owed = false; /* stopped inside a line the client has not finished */
 
     if (s->closing || s->cl == NULL)
         return;
@@ -1263,6 +1374,8 @@ session_client_process(struct rl_session *s)
              * as the client sends it, or the client does not read its
              * replies.  Resumed on the blocked leg's DRAINED. */
             rl_conn_pause(s->cl);
+            if (s->paused_at == 0)
+                s->paused_at = session_now_ms(s);
             break;
         }
         if (s->cl_state == CL_DATA) {
@@ -1275,12 +1388,13 @@ session_client_process(struct rl_session *s)
 
             if (lf == NULL) {
                 rl_buf_consume(in, rl_buf_len(in));
+                owed = true;
                 break;
             }
             rl_buf_consume(in, (size_t)(lf - rl_buf_data(in)) + 1);
             session_enter_cl(s, CL_COMMAND);
             if (!s->discard_quiet)
-                session_local(s, "500 5.5.2 Line too long\r\n", false);
+                session_local(s, "500 5.5.2 Line too long\r\n", NULL);
             s->discard_quiet = false;
             continue;
         }
@@ -1298,8 +1412,10 @@ session_client_process(struct rl_session *s)
              * as it is, never parsed as a command, never logged. */
             rc = rl_smtp_line(rl_buf_data(in), rl_buf_len(in), cfg->max_line, &line, &line_len,
                               &used);
-            if (rc == RL_SMTP_MORE)
+            if (rc == RL_SMTP_MORE) {
+                owed = true;
                 break;
+            }
             if (rc == RL_SMTP_OK && !s->cl_tls && (s->auth_login_user || s->auth_plain_user))
                 session_log_plain_auth(s, line, line_len, s->auth_plain_user);
             s->auth_login_user = s->auth_plain_user = false;
@@ -1317,8 +1433,10 @@ session_client_process(struct rl_session *s)
         }
 
         rc = rl_smtp_cmd_parse(rl_buf_data(in), rl_buf_len(in), cfg->max_line, &cmd, &used);
-        if (rc == RL_SMTP_MORE)
+        if (rc == RL_SMTP_MORE) {
+            owed = true;
             break;
+        }
         if (rc == RL_E_LINE_TOO_LONG) {
             rl_log(RL_LOG_INFO, "%s client line too long max=%zu", s->id, cfg->max_line);
             if (session_skip_rest(s, rc, used)) {
@@ -1326,17 +1444,19 @@ session_client_process(struct rl_session *s)
                 session_enter_cl(s, CL_DISCARD);
             } else {
                 rl_buf_consume(in, used);
-                session_local(s, "500 5.5.2 Line too long\r\n", false);
+                session_local(s, "500 5.5.2 Line too long\r\n", NULL);
             }
             continue;
         }
         if (rc < 0) {
             rl_log(RL_LOG_INFO, "%s client bad command line: %s", s->id, rl_strerror(rc));
             rl_buf_consume(in, used);
-            session_local(s, "500 5.5.2 Invalid characters in command\r\n", false);
+            session_local(s, "500 5.5.2 Invalid characters in command\r\n", NULL);
             continue;
         }
         rl_buf_consume(in, used);
+        if (session_junk(s, cmd.verb))
+            break;
         if (!s->relay) {
             if (cmd.verb == RL_SMTP_STARTTLS) {
                 if (!session_client_starttls(s))
@@ -1350,6 +1470,10 @@ session_client_process(struct rl_session *s)
     }
     if (s->closing)
         return;
+    if (!owed)
+        s->line_ms = 0;
+    else if (s->line_ms == 0)
+        s->line_ms = session_now_ms(s);
     session_flush(s);
     rl_conn_consumed(s->cl);
     session_set_timeouts(s, false);
@@ -1392,6 +1516,10 @@ session_drained(struct rl_session *s)
 {
     if (!rl_conn_paused(s->cl))
         return;
+    if (s->paused_at != 0) {
+        s->paused_ms += session_now_ms(s) - s->paused_at;
+        s->paused_at = 0;
+    }
     rl_conn_resume(s->cl);
     session_client_process(s);
 }
@@ -1427,6 +1555,14 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
             session_reply_close(s,
                                 "421 4.4.2 %s Mail service not responding, closing connection\r\n",
                                 "upstream stalled during DATA");
+        } else if (s->cl_deadline && s->cl_state == CL_DATA) {
+            snprintf(why, sizeof(why), "client data rate below min_data_rate=%u bytes/s",
+                     s->snap->cfg->min_data_rate);
+            session_reply_close(s, "421 4.4.2 %s Data rate too low, closing connection\r\n", why);
+        } else if (s->cl_deadline) {
+            snprintf(why, sizeof(why), "client command not completed within command_deadline=%ums",
+                     s->snap->cfg->command_deadline_ms);
+            session_reply_close(s, "421 4.4.2 %s Command too slow, closing connection\r\n", why);
         } else {
             snprintf(why, sizeof(why), "client timeout in %s", cl_state_names[s->cl_state]);
             session_reply_close(s, "421 4.4.2 %s Timeout, closing connection\r\n", why);
@@ -1628,6 +1764,7 @@ rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_
         return 0;
     if (lc->tls == RL_TLS_IMPLICIT) {
         s->cl_state = CL_TLS_ACCEPT;
+        s->step_ms = s->started_ms;
         rc = rl_conn_start_tls(s->cl, rl_snapshot_brand_tls(s->snap, s->brand), NULL);
         if (rc < 0) {
             session_close(s, "cannot start TLS");

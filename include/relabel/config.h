@@ -76,15 +76,19 @@ struct rl_config {
     unsigned handshake_timeout_ms;
     unsigned command_timeout_ms;
     unsigned data_timeout_ms;
+    unsigned command_deadline_ms; /* a whole command line, however it trickles in */
+    unsigned min_data_rate;       /* bytes/s a message must average after data_timeout; 0 off */
     unsigned upstream_connect_timeout_ms;
     unsigned upstream_timeout_ms;
     unsigned drain_timeout_ms;  /* SIGTERM: how long transactions may finish */
     unsigned watch_debounce_ms; /* certificate files changed: wait this long, then reload */
     size_t max_line;
     unsigned max_errors;
-    unsigned max_connections;        /* sessions at once, all listeners */
-    unsigned max_connections_per_ip; /* sessions at once from one client address */
-    bool bare_newline_reject;        /* bare_newline = normalize (default) | reject */
+    unsigned max_junk_commands;        /* NOOP/RSET/VRFY/EXPN/HELP between messages */
+    unsigned max_connections;          /* sessions at once, all listeners */
+    unsigned max_connections_per_ip;   /* sessions at once from one client address */
+    unsigned max_upstream_connections; /* upstream legs at once; 0: max_connections bounds them */
+    bool bare_newline_reject;          /* bare_newline = normalize (default) | reject */
 
     struct rl_listener_conf *listeners;
     size_t nlisteners;

@@ -90,6 +90,10 @@ void rl_conn_consumed(struct rl_conn *c);
 /* Idle timeout: RL_CONN_TIMEOUT after ms without bytes from the peer.
  * 0 disables.  Re-armed on every read. */
 void rl_conn_set_timeout(struct rl_conn *c, unsigned ms);
+/* Deadline: RL_CONN_TIMEOUT ms from now, whatever the peer sends meanwhile
+ * (a peer trickling bytes cannot push it back).  Replaced by the next
+ * rl_conn_set_timeout() or rl_conn_set_deadline(). */
+void rl_conn_set_deadline(struct rl_conn *c, unsigned ms);
 
 /* Closes after writing what is queued (bounded by a short linger), with a
  * TLS close_notify if a handshake finished. */

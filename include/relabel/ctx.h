@@ -18,6 +18,7 @@ struct rl_ctx {
     struct rl_snapshot *snap; /* new sessions take a reference */
     struct rl_session *sessions;
     unsigned long nsessions;
+    unsigned long nupstreams; /* sessions holding an upstream leg (max_upstream_connections) */
     uint64_t id_seed;
     uint64_t id_next;
     bool stopping;

@@ -20,6 +20,9 @@
 
 /* Errors (5xx answered locally or relayed) before the session is closed. */
 #define RL_MAX_ERRORS_DEFAULT 10
+/* Commands that move no mail (NOOP, RSET, VRFY, EXPN, HELP) between two
+ * accepted messages: clients need a few; Postfix allows 100. */
+#define RL_MAX_JUNK_COMMANDS_DEFAULT 100
 
 /* Sessions at once (each costs two TLS contexts, about 100 KiB), and from
  * one client address (a mail server or an office NAT rarely needs more). */
@@ -34,6 +37,16 @@
 #define RL_TIMEOUT_DATA_DEFAULT 180000
 #define RL_TIMEOUT_UP_CONNECT_DEFAULT 15000
 #define RL_TIMEOUT_UP_REPLY_DEFAULT 600000
+/* Slow clients.  The idle timeouts above restart on every byte, so a client
+ * trickling one byte at a time could hold a session for ever.  Deadlines do
+ * not restart: a command line must be complete this long after its first
+ * byte, and a TLS handshake within handshake_timeout of its start.  During
+ * DATA the deadline is data_timeout after the 354 plus one second per
+ * min_data_rate bytes received (Postfix's smtpd_min_data_rate rule), time
+ * spent waiting for a slow upstream not counted. */
+#define RL_COMMAND_DEADLINE_DEFAULT 60000
+#define RL_MIN_DATA_RATE_DEFAULT 500
+
 /* Shutdown: transactions in progress may finish for this long. */
 #define RL_TIMEOUT_DRAIN_DEFAULT 30000
 /* Certificate files changed: reload once they have been quiet this long

@@ -1149,8 +1149,8 @@ class Client:
     def auth_plain(self, user=USER, password=PASSWORD):
         return self.cmd(f"AUTH PLAIN {plain_token(user, password)}")
 
-    def send_message(self, body, mail_from="sender@example.net", rcpts=("rcpt@example.org",)):
-        """MAIL, RCPT..., DATA, body; returns the reply to the end of data."""
+    def open_data(self, mail_from="sender@example.net", rcpts=("rcpt@example.org",)):
+        """MAIL, RCPT..., DATA, each answered as it should be (250s, then 354)."""
         r = self.cmd(f"MAIL FROM:<{mail_from}>")
         assert r.code == 250, r
         for rc in rcpts:
@@ -1158,6 +1158,10 @@ class Client:
             assert r.code == 250, r
         r = self.cmd("DATA")
         assert r.code == 354, r
+
+    def send_message(self, body, mail_from="sender@example.net", rcpts=("rcpt@example.org",)):
+        """MAIL, RCPT..., DATA, body; returns the reply to the end of data."""
+        self.open_data(mail_from, rcpts)
         self.send(stuff(body))
         return self.read_reply()
 
@@ -1188,6 +1192,25 @@ def capabilities(reply):
         k, _, v = t.partition(" ")
         caps[k.upper()] = v
     return caps
+
+
+def wait_closed(sock, timeout):
+    """Reads until the peer closes; returns (everything read, seconds waited),
+    or None if it is still open after `timeout` seconds."""
+    sock.settimeout(0.2)
+    got = b""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            chunk = sock.recv(65536)
+        except (socket.timeout, TimeoutError, ssl.SSLWantReadError):
+            continue
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            return got, time.monotonic() - t0
+        if not chunk:
+            return got, time.monotonic() - t0
+        got += chunk
+    return None
 
 
 def open_session(relabel, client_mode, ctx, ehlo=True):

@@ -296,7 +296,8 @@ N_NOOPS = 20000
 def test_pipelined_noops_without_reading(upstream_factory, relabel_factory, client_ctx, where):
     up = upstream_factory("implicit")
     rl = relabel_factory(up.port, "implicit",
-                         relabel_opts={"log_level": "info", "command_timeout": "20s"})
+                         relabel_opts={"log_level": "info", "command_timeout": "20s",
+                                       "max_junk_commands": "1000000"})
     # A small receive buffer: relabel's replies back up quickly, so it has
     # to stop reading (backpressure) instead of queueing 20000 replies.
     if where == "pre-tls":

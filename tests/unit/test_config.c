@@ -210,6 +210,10 @@ static const char full_file[] = "# a full file\n"
                                 "upstream_timeout = 1h\n"
                                 "max_line = 8192\n"
                                 "max_errors = 3\n"
+                                "max_junk_commands = 7\n"
+                                "command_deadline = 45s\n"
+                                "min_data_rate = 0\n"
+                                "max_upstream_connections = 12\n"
                                 "bare_newline = reject\n"
                                 "\n"
                                 "[listener \"smtps\"]\n"
@@ -279,17 +283,21 @@ test_full_file(void **state)
     assert_int_equal(cfg->upstream_timeout_ms, 3600000);
     assert_int_equal(cfg->max_line, 8192);
     assert_int_equal(cfg->max_errors, 3);
+    assert_int_equal(cfg->max_junk_commands, 7);
+    assert_int_equal(cfg->command_deadline_ms, 45000);
+    assert_int_equal(cfg->min_data_rate, 0);
+    assert_int_equal(cfg->max_upstream_connections, 12);
     assert_true(cfg->bare_newline_reject);
 
     assert_int_equal(cfg->nbrands, 2);
     b = &cfg->brands[0];
     snprintf(cert, sizeof(cert), "%s/cert.pem", tmpdir);
     assert_string_equal(b->name, "one");
-    assert_int_equal(b->line, 32);
+    assert_int_equal(b->line, 36);
     assert_string_equal(b->hostname, "smtp.one.example");
     assert_string_equal(b->cert, cert);
-    assert_int_equal(b->cert_line, 34);
-    assert_int_equal(b->key_line, 35);
+    assert_int_equal(b->cert_line, 38);
+    assert_int_equal(b->key_line, 39);
     assert_non_null(strstr(b->key, "/key.pem"));
     assert_non_null(b->upstream);
     assert_string_equal(b->upstream->name, "eu-test");
@@ -303,13 +311,13 @@ test_full_file(void **state)
     u = &cfg->upstreams[0];
     assert_ptr_equal(cfg->brands[0].upstream, u);
     assert_string_equal(u->name, "eu-test");
-    assert_int_equal(u->line, 43);
+    assert_int_equal(u->line, 47);
     assert_string_equal(u->host, "127.0.0.1");
     assert_int_equal(u->port, 2465);
     assert_int_equal(u->tls, RL_TLS_IMPLICIT);
     assert_string_equal(u->verify_name, "smtp.eu.mailgun.org"); /* the preset's name survives */
     assert_non_null(strstr(u->ca_file, "/ca.pem"));
-    assert_int_equal(u->ca_line, 47);
+    assert_int_equal(u->ca_line, 51);
     assert_string_equal(u->helo_name, "relay.one.example");
     assert_int_equal(u->max_message_size, RL_MAILGUN_MAX_MESSAGE);
     assert_int_equal(u->nhide, 2); /* hide replaces the preset's list */
@@ -346,8 +354,8 @@ test_full_file(void **state)
     assert_int_equal(cfg->nlisteners, 3);
     l = &cfg->listeners[0];
     assert_string_equal(l->name, "smtps");
-    assert_int_equal(l->line, 17);
-    assert_int_equal(l->listen_line, 18);
+    assert_int_equal(l->line, 21);
+    assert_int_equal(l->listen_line, 22);
     assert_int_equal(l->naddrs, 2);
     assert_string_equal(addr_text(l, 0), "127.0.0.1:465");
     assert_string_equal(addr_text(l, 1), "[::1]:465");
@@ -400,6 +408,10 @@ test_defaults(void **state)
     assert_int_equal(cfg->upstream_timeout_ms, RL_TIMEOUT_UP_REPLY_DEFAULT);
     assert_int_equal(cfg->max_line, RL_SMTP_LINE_DEFAULT);
     assert_int_equal(cfg->max_errors, RL_MAX_ERRORS_DEFAULT);
+    assert_int_equal(cfg->max_junk_commands, RL_MAX_JUNK_COMMANDS_DEFAULT);
+    assert_int_equal(cfg->command_deadline_ms, RL_COMMAND_DEADLINE_DEFAULT);
+    assert_int_equal(cfg->min_data_rate, RL_MIN_DATA_RATE_DEFAULT);
+    assert_int_equal(cfg->max_upstream_connections, 0);
     assert_false(cfg->bare_newline_reject);
 
     assert_int_equal(cfg->nupstreams, 1);
@@ -626,11 +638,15 @@ test_err_bad_values_relabel(void **state)
                                "max_line = 100\n"
                                "max_errors = 0\n"
                                "bare_newline = keep\n"
-                               "user =\n" BRAND_OK,
+                               "user =\n"
+                               "max_junk_commands = 0\n"
+                               "command_deadline = 0\n"
+                               "min_data_rate = -1\n"
+                               "max_upstream_connections = 2000000\n" BRAND_OK,
                                &cfg),
-                     11);
+                     15);
     assert_null(cfg);
-    expect_errors(11, "2: invalid log_level \"loud\" (expected error, warn, info or debug)",
+    expect_errors(15, "2: invalid log_level \"loud\" (expected error, warn, info or debug)",
                   "3: invalid log_format \"xml\" (expected text or json)",
                   "4: invalid banner: only printable ASCII is allowed",
                   "5: invalid handshake_timeout \"500ms\" (expected a duration from 1s to 1h, such "
@@ -644,7 +660,13 @@ test_err_bad_values_relabel(void **state)
                   "9: invalid max_line \"100\" (expected a number from 512 to 65536)",
                   "10: invalid max_errors \"0\" (expected a number from 1 to 1000)",
                   "11: invalid bare_newline \"keep\" (expected normalize, normalise or reject)",
-                  "12: empty value for \"user\"");
+                  "12: empty value for \"user\"",
+                  "13: invalid max_junk_commands \"0\" (expected a number from 1 to 1000000)",
+                  "14: invalid command_deadline \"0\" (expected a duration from 1s to 1h, such as "
+                  "30s, 1500ms, 5m or 1h; a plain number is seconds)",
+                  "15: invalid min_data_rate \"-1\" (expected a number from 0 to 1000000000)",
+                  "16: invalid max_upstream_connections \"2000000\" (expected a number from 0 to "
+                  "1000000)");
 }
 
 static void

@@ -455,6 +455,12 @@ rl_conn_set_timeout(struct rl_conn *c, unsigned ms)
     c->timeout_ms = ms;
 }
 
+void
+rl_conn_set_deadline(struct rl_conn *c, unsigned ms)
+{
+    rl_conn_set_timeout(c, ms);
+}
+
 static void
 fake_close(struct rl_conn *c)
 {
