@@ -234,3 +234,44 @@ def test_session_end_names_upstream_tls_after_aborted_data(relay_ii, how):
     assert f["up_cipher"] != "none", end
     assert f["messages"] == "0", end
     assert relay_ii.upstream.messages == []
+
+
+def auth_exchange(c, how, user, password):
+    """One AUTH in the given form; returns the final reply."""
+    token = h.plain_token(user, password)
+    if how == "plain-ir":
+        return c.cmd("AUTH PLAIN " + token)
+    if how == "plain":
+        assert c.cmd("AUTH PLAIN").code == 334
+        return c.cmd(token)
+    if how == "login-ir":
+        assert c.cmd("AUTH LOGIN " + h.b64(user)).code == 334
+        return c.cmd(h.b64(password))
+    assert c.cmd("AUTH LOGIN").code == 334
+    assert c.cmd(h.b64(user)).code == 334
+    return c.cmd(h.b64(password))
+
+
+@pytest.mark.relabel_opts(relabel_opts={"log_level": "debug"})
+@pytest.mark.parametrize("how", ["plain-ir", "plain", "login-ir", "login"])
+def test_no_secret_at_debug_level(relay, how):
+    """The most verbose log, every leg mode, each AUTH form, a good and a
+    refused password: neither password appears, nor its base64, nor the
+    PLAIN token."""
+    wrong = "Wr0ng-pass-7d1f"
+    c = relay.session()
+    assert auth_exchange(c, how, h.USER, h.PASSWORD).code == 235
+    assert c.send_message(b"after auth\r\n").code == 250
+    assert c.cmd("QUIT").code == 221
+    c.close()
+    c = relay.session()
+    assert auth_exchange(c, how, h.USER, wrong).code == 535
+    c.close()
+    rl = relay.relabel
+    h.wait_for(lambda: len(session_end(rl)) == 2, what="both sessions ended")
+    log = rl.log
+    assert " debug " in log or '"debug"' in log  # the level really is debug
+    for secret in (h.PASSWORD, wrong):
+        assert not re.search(rf"(?<![A-Za-z0-9_]){secret}(?![A-Za-z0-9_])", log), secret
+        assert h.b64(secret) not in log
+        assert h.plain_token(h.USER, secret) not in log
