@@ -148,6 +148,7 @@ struct rl_session {
     bool draining;        /* shutting down: close once the transaction ends */
     bool up_counted;      /* holds one of max_upstream_connections */
     bool cl_deadline;     /* the client's timer is a deadline, not an idle timeout */
+    bool up_resumed;      /* the upstream's TLS session was resumed */
 
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
@@ -502,13 +503,15 @@ session_log_end(struct rl_session *s)
         rl_log_escape(v, strlen(v), sni, sizeof(sni));
     }
     rl_log(RL_LOG_INFO,
-           "%s session end client=%s listener=%s brand=%s sni=%s tls=%s cipher=%s upstream=%s "
-           "up_tls=%s up_cipher=%s messages=%u in=%llu out=%llu duration=%.3fs reason=\"%s\"",
+           "%s session end client=%s listener=%s brand=%s sni=%s tls=%s cipher=%s resumed=%s "
+           "upstream=%s up_tls=%s up_cipher=%s up_resumed=%s messages=%u in=%llu out=%llu "
+           "duration=%.3fs reason=\"%s\"",
            s->id, s->cl ? rl_conn_peer(s->cl) : "-", s->lc->name, s->brand->name, sni,
            ct ? rl_tls_version(ct) : "none", ct ? rl_tls_cipher(ct) : "none",
-           s->up_peer[0] ? s->up_peer : "-", s->up_tls[0] ? s->up_tls : "none",
-           s->up_cipher[0] ? s->up_cipher : "none", s->messages,
-           s->cl ? rl_conn_bytes_in(s->cl) : 0ULL, s->cl ? rl_conn_bytes_out(s->cl) : 0ULL,
+           ct && rl_tls_resumed(ct) ? "yes" : "no", s->up_peer[0] ? s->up_peer : "-",
+           s->up_tls[0] ? s->up_tls : "none", s->up_cipher[0] ? s->up_cipher : "none",
+           s->up_resumed ? "yes" : "no", s->messages, s->cl ? rl_conn_bytes_in(s->cl) : 0ULL,
+           s->cl ? rl_conn_bytes_out(s->cl) : 0ULL,
            (double)(session_now_ms(s) - s->started_ms) / 1000.0, s->reason);
 }
 
@@ -721,6 +724,7 @@ session_up_ready(struct rl_session *s)
     }
     snprintf(s->up_tls, sizeof(s->up_tls), "%s", rl_tls_version(t));
     snprintf(s->up_cipher, sizeof(s->up_cipher), "%s", rl_tls_cipher(t));
+    s->up_resumed = rl_tls_resumed(t);
     session_enter_up(s, UP_READY);
     rl_conn_set_timeout(s->up, 0);
     rl_log(RL_LOG_DEBUG, "%s upstream ready peer=%s tls=%s cipher=%s", s->id, rl_conn_peer(s->up),

@@ -44,6 +44,7 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
 #include "relabel/buf.h"
@@ -67,12 +68,33 @@
  * callback to the engine that embeds it. */
 #define TLS_CONTAINER_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
+/*
+ * Resumption (RFC 5077 tickets, or the server's session cache) saves the
+ * ECDHE exchange and the signature on each side, which is most of a
+ * session's CPU.  The client side keeps the last session a full, verified
+ * handshake with this upstream produced and offers it to the next
+ * connection; a resumed session carries the certificate that was verified
+ * then, under the same CA set and name (a conf belongs to one upstream and
+ * one snapshot: a reload starts afresh).  Kept for TLS_RESUME_MAX_AGE
+ * seconds at most.  The server side issues tickets under keys held in
+ * memory only, rotated every TLS_TICKET_LIFETIME seconds.
+ */
+#define TLS_RESUME_MAX_AGE 3600
+#define TLS_TICKET_LIFETIME 3600
+
+struct tls_resume {
+    mbedtls_ssl_session session;
+    time_t saved; /* 0: nothing to offer */
+};
+
 struct rl_tls_conf {
     mbedtls_ssl_config ssl;
     mbedtls_entropy_context entropy;
     mbedtls_ctr_drbg_context drbg;
-    mbedtls_x509_crt certs; /* server: own chain, leaf first; client: trusted CAs */
-    mbedtls_pk_context key; /* server only */
+    mbedtls_x509_crt certs;             /* server: own chain, leaf first; client: trusted CAs */
+    mbedtls_pk_context key;             /* server only */
+    mbedtls_ssl_ticket_context tickets; /* server only */
+    struct tls_resume *resume;          /* client only: the session to offer */
     bool server;
 };
 
@@ -81,14 +103,17 @@ struct rl_tls {
     const struct rl_tls_conf *conf;
     struct rl_buf cin;
     struct rl_buf cout;
-    int err;                 /* mbedTLS code that ended the engine, 0 while healthy */
-    int end;                 /* RL_E_* result once the engine has ended, else 0 */
-    int bio_err;             /* RL_E_FULL or RL_E_NOMEM when cout refused bytes */
-    int alert;               /* fatal alert received from the peer, -1 if none */
-    bool eof;                /* the peer's TCP stream has ended */
-    bool done;               /* handshake finished */
-    bool closed;             /* our close_notify is queued */
-    bool reported;           /* `end` has been returned to the caller */
+    int err;       /* mbedTLS code that ended the engine, 0 while healthy */
+    int end;       /* RL_E_* result once the engine has ended, else 0 */
+    int bio_err;   /* RL_E_FULL or RL_E_NOMEM when cout refused bytes */
+    int alert;     /* fatal alert received from the peer, -1 if none */
+    bool eof;      /* the peer's TCP stream has ended */
+    bool done;     /* handshake finished */
+    bool closed;   /* our close_notify is queued */
+    bool reported; /* `end` has been returned to the caller */
+    bool offered;  /* client: a saved session was offered */
+    bool resumed;  /* the handshake resumed a session */
+    unsigned char offered_master[48];
     char host[TLS_NAME_MAX]; /* client: the name verified and sent as SNI */
     char sni[TLS_NAME_MAX];  /* server: the name the client asked for */
     /* Client side, filled by tls_on_verify() so that a failed verification
@@ -293,6 +318,7 @@ tls_conf_new(int endpoint, char *err, size_t errlen)
     }
     conf->server = endpoint == MBEDTLS_SSL_IS_SERVER;
     mbedtls_ssl_config_init(&conf->ssl);
+    mbedtls_ssl_ticket_init(&conf->tickets);
     mbedtls_entropy_init(&conf->entropy);
     mbedtls_ctr_drbg_init(&conf->drbg);
     mbedtls_x509_crt_init(&conf->certs);
@@ -331,10 +357,9 @@ tls_conf_new(int endpoint, char *err, size_t errlen)
     mbedtls_ssl_conf_renegotiation(&conf->ssl, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
     mbedtls_ssl_conf_legacy_renegotiation(&conf->ssl, MBEDTLS_SSL_LEGACY_BREAK_HANDSHAKE);
 
-    /* Resumption is not needed yet: sessions are long compared with a
-     * handshake.  A server issues tickets only with a ticket callback,
-     * which is never set; a client must be told not to ask. */
-    mbedtls_ssl_conf_session_tickets(&conf->ssl, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+    /* A client asks for tickets; a server issues them once
+     * rl_tls_conf_server() has set the ticket callbacks. */
+    mbedtls_ssl_conf_session_tickets(&conf->ssl, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
     return conf;
 
 fail:
@@ -395,6 +420,11 @@ rl_tls_conf_free(struct rl_tls_conf *conf)
     if (conf == NULL)
         return;
     mbedtls_ssl_config_free(&conf->ssl);
+    mbedtls_ssl_ticket_free(&conf->tickets); /* zeroizes the ticket keys */
+    if (conf->resume != NULL) {
+        mbedtls_ssl_session_free(&conf->resume->session);
+        free(conf->resume);
+    }
     mbedtls_x509_crt_free(&conf->certs);
     mbedtls_pk_free(&conf->key); /* zeroizes the key */
     mbedtls_ctr_drbg_free(&conf->drbg);
@@ -455,6 +485,21 @@ tls_check_server_key(struct rl_tls_conf *conf, const char *cert_path, const char
     return true;
 }
 
+/* The engine whose handshake is being stepped (engines of one thread are
+ * stepped one at a time), so that the ticket callback can note that the
+ * client resumed. */
+static _Thread_local struct rl_tls *tls_stepping;
+
+static int
+tls_ticket_parse(void *ctx, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+{
+    int rc = mbedtls_ssl_ticket_parse(ctx, session, buf, len);
+
+    if (rc == 0 && tls_stepping != NULL)
+        tls_stepping->resumed = true;
+    return rc;
+}
+
 struct rl_tls_conf *
 rl_tls_conf_server(const char *cert_path, const char *key_path, char *err, size_t errlen)
 {
@@ -508,6 +553,14 @@ rl_tls_conf_server(const char *cert_path, const char *key_path, char *err, size_
     /* SMTP clients are not asked for certificates. */
     mbedtls_ssl_conf_authmode(&conf->ssl, MBEDTLS_SSL_VERIFY_NONE);
     mbedtls_ssl_conf_sni(&conf->ssl, tls_on_sni, conf);
+    rc = mbedtls_ssl_ticket_setup(&conf->tickets, mbedtls_ctr_drbg_random, &conf->drbg,
+                                  MBEDTLS_CIPHER_AES_256_GCM, TLS_TICKET_LIFETIME);
+    if (rc != 0) {
+        tls_conf_error(err, errlen, "session tickets: %s", tls_mbedtls_text(rc, msg, sizeof msg));
+        goto fail;
+    }
+    mbedtls_ssl_conf_session_tickets_cb(&conf->ssl, mbedtls_ssl_ticket_write, tls_ticket_parse,
+                                        &conf->tickets);
     return conf;
 
 fail:
@@ -551,6 +604,12 @@ rl_tls_conf_client(const char *ca_path, char *err, size_t errlen)
 
     mbedtls_ssl_conf_ca_chain(&conf->ssl, &conf->certs, NULL);
     mbedtls_ssl_conf_authmode(&conf->ssl, MBEDTLS_SSL_VERIFY_REQUIRED);
+    conf->resume = calloc(1, sizeof *conf->resume);
+    if (conf->resume == NULL) {
+        tls_conf_error(err, errlen, "out of memory");
+        goto fail;
+    }
+    mbedtls_ssl_session_init(&conf->resume->session);
     return conf;
 
 fail:
@@ -667,6 +726,51 @@ tls_report(struct rl_tls *t)
     return t->end;
 }
 
+/* Client: offers the saved session, if it is recent enough. */
+static void
+tls_offer_session(struct rl_tls *t)
+{
+    struct tls_resume *r = t->conf->resume;
+
+    if (r->saved == 0)
+        return;
+    if (time(NULL) - r->saved > TLS_RESUME_MAX_AGE) {
+        mbedtls_ssl_session_free(&r->session);
+        mbedtls_ssl_session_init(&r->session);
+        r->saved = 0;
+        return;
+    }
+    if (mbedtls_ssl_set_session(&t->ssl, &r->session) != 0)
+        return; /* a full handshake then */
+    t->offered = true;
+    memcpy(t->offered_master, r->session.master, sizeof t->offered_master);
+}
+
+/*
+ * Client, after a handshake: a session with the master secret that was
+ * offered is a resumed one; a full handshake's session is saved for the
+ * next connection.  A failed handshake forgets the saved session, so a
+ * server that no longer knows it costs one failure at most.
+ */
+static void
+tls_after_handshake(struct rl_tls *t, bool ok)
+{
+    struct tls_resume *r = t->conf->resume;
+
+    if (t->conf->server)
+        return;
+    if (ok && t->offered &&
+        memcmp(t->ssl.session->master, t->offered_master, sizeof t->offered_master) == 0) {
+        t->resumed = true;
+        return;
+    }
+    mbedtls_ssl_session_free(&r->session);
+    mbedtls_ssl_session_init(&r->session);
+    r->saved = 0;
+    if (ok && mbedtls_ssl_get_session(&t->ssl, &r->session) == 0)
+        r->saved = time(NULL);
+}
+
 struct rl_tls *
 rl_tls_new(const struct rl_tls_conf *conf, const char *hostname)
 {
@@ -692,6 +796,7 @@ rl_tls_new(const struct rl_tls_conf *conf, const char *hostname)
             goto fail;
         snprintf(t->host, sizeof t->host, "%s", hostname);
         mbedtls_ssl_set_verify(&t->ssl, tls_on_verify, t);
+        tls_offer_session(t);
     }
     mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
     return t;
@@ -741,13 +846,17 @@ rl_tls_handshake(struct rl_tls *t)
         return 0;
     if (t->end != 0)
         return tls_report(t);
+    tls_stepping = t;
     rc = mbedtls_ssl_handshake(&t->ssl);
+    tls_stepping = NULL;
     if (rc == 0) {
         t->done = true;
+        tls_after_handshake(t, true);
         return 0;
     }
     if (rc == MBEDTLS_ERR_SSL_WANT_READ)
         return RL_TLS_WANT;
+    tls_after_handshake(t, false);
     /* WANT_WRITE cannot happen (tls_bio_send), nor can the async and
      * restartable-ECC results (neither is configured): everything else
      * ends the handshake.  A fatal alert for the peer is already in cout. */
@@ -759,6 +868,12 @@ bool
 rl_tls_handshake_done(const struct rl_tls *t)
 {
     return t->done;
+}
+
+bool
+rl_tls_resumed(const struct rl_tls *t)
+{
+    return t->done && t->resumed;
 }
 
 int

@@ -14,7 +14,8 @@
  * exchange with AES-GCM or ChaCha20-Poly1305 only (ChaCha20 first in the
  * server's preference: it is the faster one here), curves x25519, P-256,
  * P-384, renegotiation disabled, the full chain from the PEM file sent,
- * client side: certificate and host name verification required.
+ * client side: certificate and host name verification required.  Session
+ * resumption on both sides (see tls.c).
  */
 #ifndef RELABEL_TLS_H
 #define RELABEL_TLS_H
@@ -71,6 +72,11 @@ void rl_tls_in_eof(struct rl_tls *t);
 /* Steps the handshake as far as cin allows.  Output goes to cout. */
 int rl_tls_handshake(struct rl_tls *t);
 bool rl_tls_handshake_done(const struct rl_tls *t);
+
+/* True once a handshake has finished by resuming an earlier session (a
+ * client engine offers the last session its conf saw verified; a server
+ * engine accepts tickets it issued). */
+bool rl_tls_resumed(const struct rl_tls *t);
 
 /*
  * Decrypts into p[0..cap) until no complete record is left in cin or p is

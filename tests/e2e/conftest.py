@@ -64,8 +64,8 @@ def free_ports():
 def upstream_factory(certs):
     made = []
 
-    def make(tls="implicit", cert="upstream", data_delay=0.0):
-        up = h.AioUpstream(certs, tls=tls, cert=cert, data_delay=data_delay)
+    def make(tls="implicit", cert="upstream", data_delay=0.0, port=None):
+        up = h.AioUpstream(certs, tls=tls, cert=cert, data_delay=data_delay, port=port)
         made.append(up)
         return up.start()
 

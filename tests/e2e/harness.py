@@ -317,12 +317,12 @@ class _UpController(Controller):
 class AioUpstream:
     """A Mailgun look-alike on 127.0.0.1: tls = "implicit" or "starttls"."""
 
-    def __init__(self, certs, tls="implicit", cert="upstream", data_delay=0.0):
+    def __init__(self, certs, tls="implicit", cert="upstream", data_delay=0.0, port=None):
         assert tls in ("implicit", "starttls")
         self.certs = certs
         self.tls = tls
         self.cert = cert
-        self.port = free_port()
+        self.port = port or free_port()
         self.recorder = Recorder()
         implicit = tls == "implicit"
         handler = UpstreamHandler(self.recorder, implicit, data_delay)
@@ -347,7 +347,9 @@ class AioUpstream:
         return self
 
     def stop(self):
-        self.controller.stop()
+        """Stops the server; a second call (the fixture's teardown) does nothing."""
+        if self.controller._thread is not None:
+            self.controller.stop()
 
     @property
     def messages(self):
@@ -407,8 +409,8 @@ class LineSock:
     def wrap_server(self, ctx):
         self.sock = ctx.wrap_socket(self.sock, server_side=True)
 
-    def wrap_client(self, ctx, server_hostname):
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
+    def wrap_client(self, ctx, server_hostname, session=None):
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname, session=session)
 
     def reset(self):
         """Closes with RST (SO_LINGER 0)."""
@@ -1088,9 +1090,10 @@ class Client:
     """
 
     def __init__(self, port, ctx=None, tls=None, server_hostname=BRAND_HOST, timeout=TIMEOUT,
-                 read_greeting=True, rcvbuf=None, host=LOCALHOST):
+                 read_greeting=True, rcvbuf=None, host=LOCALHOST, session=None):
         self.ctx = ctx
         self.server_hostname = server_hostname
+        self.session = session  # a TLS session to offer (resumption)
         if rcvbuf is None:
             sock = socket.create_connection((host, port), timeout=timeout)
         else:
@@ -1105,7 +1108,7 @@ class Client:
         self.replies = []
         self.tls = False
         if tls == "implicit":
-            self.ls.wrap_client(ctx, server_hostname)
+            self.ls.wrap_client(ctx, server_hostname, session)
             self.tls = True
         self.greeting = self.read_reply() if read_greeting else None
 
@@ -1142,7 +1145,7 @@ class Client:
     def starttls(self):
         r = self.cmd("STARTTLS")
         assert r.code == 220, r
-        self.ls.wrap_client(self.ctx, self.server_hostname)
+        self.ls.wrap_client(self.ctx, self.server_hostname, self.session)
         self.tls = True
         return r
 

@@ -553,6 +553,13 @@ rl_tls_cipher(const struct rl_tls *t)
     return "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256";
 }
 
+bool
+rl_tls_resumed(const struct rl_tls *t)
+{
+    (void)t;
+    return false;
+}
+
 const char *
 rl_tls_sni(const struct rl_tls *t)
 {
