@@ -18,6 +18,7 @@
 #include "relabel/ctx.h"
 #include "relabel/listener.h"
 #include "relabel/log.h"
+#include "relabel/proxy.h"
 #include "relabel/session.h"
 #include "relabel/snapshot.h"
 #include "version.h"
@@ -88,6 +89,33 @@ main_check_key(const struct rl_config *cfg, const struct rl_brand_conf *b)
     }
 }
 
+static const char *
+main_proxy_versions(unsigned versions)
+{
+    switch (versions) {
+    case RL_PROXY_V1:
+        return "proxy_protocol v1 from";
+    case RL_PROXY_V2:
+        return "proxy_protocol v2 from";
+    default:
+        return "proxy_protocol v1 or v2 from";
+    }
+}
+
+/* One line per non-empty list of networks: "    allow 10.0.0.0/8, ::1/128". */
+static void
+main_print_cidrs(const char *label, const struct rl_cidr_list *l)
+{
+    char text[RL_CIDR_TEXT_MAX];
+
+    if (l->n == 0)
+        return;
+    printf("    %s", label);
+    for (size_t i = 0; i < l->n; i++)
+        printf("%s %s", i ? "," : "", rl_cidr_text(&l->items[i], text, sizeof(text)));
+    printf("\n");
+}
+
 static void
 main_print_summary(const struct rl_config *cfg)
 {
@@ -101,7 +129,16 @@ main_print_summary(const struct rl_config *cfg)
         for (size_t j = 0; j < lc->naddrs; j++)
             printf("%s %s", j ? "," : "", lc->addrs[j].text);
         printf("\n");
+        if (lc->proxy_protocol != 0)
+            main_print_cidrs(main_proxy_versions(lc->proxy_protocol), &lc->proxy_trusted);
+        main_print_cidrs("allow", &lc->allow);
+        main_print_cidrs("deny", &lc->deny);
     }
+    printf("  max_connection_rate: ");
+    if (cfg->max_connection_rate == 0)
+        printf("off\n");
+    else
+        printf("%u per minute per client address\n", cfg->max_connection_rate);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct rl_upstream_conf *u = &cfg->upstreams[i];
 
