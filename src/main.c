@@ -16,9 +16,11 @@
 
 #include "relabel/config.h"
 #include "relabel/ctx.h"
+#include "relabel/limits.h"
 #include "relabel/listener.h"
 #include "relabel/log.h"
 #include "relabel/proxy.h"
+#include "relabel/ratelimit.h"
 #include "relabel/session.h"
 #include "relabel/snapshot.h"
 #include "version.h"
@@ -503,6 +505,14 @@ main(int argc, char **argv)
     m.ctx.snap = snap;
     if (uv_random(NULL, NULL, &m.ctx.id_seed, sizeof(m.ctx.id_seed), 0, NULL) < 0)
         m.ctx.id_seed = (uint64_t)getpid() * 0x100000001b3ULL ^ (uint64_t)uv_hrtime();
+    /* Allocated once, whatever the rate, so a reload can turn it on. */
+    m.ctx.rate = rl_ratelimit_new(RL_RATELIMIT_SLOTS, m.ctx.id_seed ^ 0x5851f42d4c957f2dULL);
+    if (m.ctx.rate == NULL) {
+        rl_log(RL_LOG_ERROR, "cannot allocate the connection rate table: out of memory");
+        uv_loop_close(&loop);
+        rl_snapshot_unref(snap);
+        return 1;
+    }
 
     rc = rl_listeners_open(&m.ctx, snap, stderr, &m.listeners);
     if (rc < 0 || main_drop_privileges(snap->cfg) < 0) {
@@ -511,6 +521,7 @@ main(int argc, char **argv)
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         rl_snapshot_unref(snap);
+        rl_ratelimit_free(m.ctx.rate);
         return 1;
     }
 
@@ -544,6 +555,7 @@ main(int argc, char **argv)
         rl_log(RL_LOG_ERROR, "event loop closed with handles open: %s", uv_strerror(rc));
     rl_snapshot_unref(m.ctx.snap);
     m.ctx.snap = NULL;
+    rl_ratelimit_free(m.ctx.rate);
     rl_log(RL_LOG_INFO, "relabel stopped");
     return rc == 0 ? 0 : 1;
 }
