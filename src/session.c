@@ -479,7 +479,7 @@ session_proxy_fields(const struct rl_session *s, char *out, size_t cap)
             snprintf(out, cap, " via=%s", s->proxy_via);
         return out;
     }
-    n = snprintf(out, cap, " proxy=v%u%s via=%s", s->proxy_version == RL_PROXY_V1 ? 1 : 2,
+    n = snprintf(out, cap, " proxy=v%c%s via=%s", s->proxy_version == RL_PROXY_V1 ? '1' : '2',
                  !s->proxy_local                   ? ""
                  : s->proxy_version == RL_PROXY_V1 ? "-unknown"
                                                    : "-local",
