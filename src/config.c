@@ -53,8 +53,10 @@
 #include <uv.h>
 
 #include "relabel/config.h"
+#include "relabel/errors.h"
 #include "relabel/limits.h"
 #include "relabel/log.h"
+#include "relabel/proxy.h"
 
 #define CONFIG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -112,6 +114,7 @@ struct config_raw_relabel {
     int64_t max_connections;
     int64_t max_connections_per_ip;
     int64_t max_upstream_connections;
+    int64_t max_connection_rate;
     int64_t bare_newline;
 };
 
@@ -125,6 +128,10 @@ struct config_raw_listener {
     int64_t tls;
     int64_t require_tls;
     char *brand;
+    int64_t proxy_protocol;
+    struct rl_cidr_list proxy_trusted;
+    struct rl_cidr_list allow;
+    struct rl_cidr_list deny;
 };
 
 struct config_raw_brand {
@@ -165,6 +172,11 @@ static const struct config_name config_names_tls[] = {
     {"implicit", RL_TLS_IMPLICIT}, {"starttls", RL_TLS_STARTTLS}, {NULL, 0}};
 static const struct config_name config_names_bare_newline[] = {
     {"normalize", 0}, {"normalise", 0}, {"reject", 1}, {NULL, 0}};
+static const struct config_name config_names_proxy[] = {{"no", 0},
+                                                        {"v1", RL_PROXY_V1},
+                                                        {"v2", RL_PROXY_V2},
+                                                        {"any", RL_PROXY_V1 | RL_PROXY_V2},
+                                                        {NULL, 0}};
 static const struct config_name config_names_preset[] = {
     {"mailgun-us", 0}, {"mailgun-eu", 1}, {NULL, 0}};
 
@@ -229,6 +241,7 @@ struct config_directive {
     int64_t min, max;
     const struct config_name *names;
     bool empty_ok;
+    bool repeat; /* may be given on several lines, each adding to the value */
 };
 
 static bool config_parse_string(struct config_ctx *, const struct config_directive *, const char *,
@@ -259,6 +272,8 @@ static bool config_parse_list(struct config_ctx *, const struct config_directive
                               void *);
 static bool config_parse_listen(struct config_ctx *, const struct config_directive *, const char *,
                                 void *);
+static bool config_parse_cidrs(struct config_ctx *, const struct config_directive *, const char *,
+                               void *);
 
 /* Indices into config_directives, for the checks that need to know whether
  * (and on which line) a particular key was given. */
@@ -283,11 +298,16 @@ enum config_dindex {
     CONFIG_D_MAX_CONNECTIONS,
     CONFIG_D_MAX_CONNECTIONS_PER_IP,
     CONFIG_D_MAX_UPSTREAM_CONNECTIONS,
+    CONFIG_D_MAX_CONNECTION_RATE,
     CONFIG_D_BARE_NEWLINE,
     CONFIG_D_LISTEN,
     CONFIG_D_LISTENER_TLS,
     CONFIG_D_LISTENER_BRAND,
     CONFIG_D_REQUIRE_TLS,
+    CONFIG_D_PROXY_PROTOCOL,
+    CONFIG_D_PROXY_TRUSTED,
+    CONFIG_D_ALLOW,
+    CONFIG_D_DENY,
     CONFIG_D_HOSTNAME,
     CONFIG_D_CERT,
     CONFIG_D_KEY,
@@ -346,6 +366,8 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
                                          .min = 1, .max = 1000000},
     [CONFIG_D_MAX_UPSTREAM_CONNECTIONS] = {CONFIG_R(max_upstream_connections, config_parse_number),
                                            .min = 0, .max = 1000000},
+    [CONFIG_D_MAX_CONNECTION_RATE] = {CONFIG_R(max_connection_rate, config_parse_number), .min = 0,
+                                      .max = 1000000},
     [CONFIG_D_BARE_NEWLINE] = {CONFIG_R(bare_newline, config_parse_enum),
                                .names = config_names_bare_newline},
 
@@ -353,6 +375,11 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_LISTENER_TLS] = {CONFIG_L(tls, config_parse_enum), .names = config_names_tls},
     [CONFIG_D_LISTENER_BRAND] = {CONFIG_L(brand, config_parse_ref)},
     [CONFIG_D_REQUIRE_TLS] = {CONFIG_L(require_tls, config_parse_bool)},
+    [CONFIG_D_PROXY_PROTOCOL] = {CONFIG_L(proxy_protocol, config_parse_enum),
+                                 .names = config_names_proxy},
+    [CONFIG_D_PROXY_TRUSTED] = {CONFIG_L(proxy_trusted, config_parse_cidrs), .repeat = true},
+    [CONFIG_D_ALLOW] = {CONFIG_L(allow, config_parse_cidrs), .repeat = true},
+    [CONFIG_D_DENY] = {CONFIG_L(deny, config_parse_cidrs), .repeat = true},
 
     [CONFIG_D_HOSTNAME] = {CONFIG_B(hostname, config_parse_hostname)},
     [CONFIG_D_CERT] = {CONFIG_B(cert, config_parse_file)},
@@ -1000,6 +1027,29 @@ config_parse_listen(struct config_ctx *ctx, const struct config_directive *d, co
     return ok;
 }
 
+/* Networks, separated by commas and/or spaces; a repeated key adds to the
+ * list, since one line (inih's buffer) holds only a dozen or so. */
+static bool
+config_parse_cidrs(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                   void *field)
+{
+    char why[160];
+    int rc = rl_cidr_list_parse(value, field, why, sizeof(why));
+
+    if (rc == RL_E_NOMEM) {
+        ctx->oom = true;
+        return false;
+    }
+    if (rc < 0) {
+        config_error(ctx, ctx->lineno,
+                     "invalid %s: %s (expected networks such as 10.0.0.0/8, 192.0.2.7 or "
+                     "2001:db8::/32, separated by commas or spaces)",
+                     d->key, why);
+        return false;
+    }
+    return true;
+}
+
 /* ---- the reader and handler fed to inih ------------------------------------- */
 
 static void
@@ -1016,11 +1066,12 @@ config_raw_init(struct config_section *sec)
         r->upstream_connect_timeout = r->upstream_timeout = CONFIG_UNSET;
         r->drain_timeout = r->watch_debounce = CONFIG_UNSET;
         r->max_line = r->max_errors = r->max_junk_commands = CONFIG_UNSET;
-        r->max_connections = r->max_connections_per_ip = CONFIG_UNSET;
+        r->max_connections = r->max_connections_per_ip = r->max_connection_rate = CONFIG_UNSET;
         break;
     }
     case CONFIG_S_LISTENER:
         sec->raw.listener.tls = sec->raw.listener.require_tls = CONFIG_UNSET;
+        sec->raw.listener.proxy_protocol = CONFIG_UNSET;
         break;
     case CONFIG_S_BRAND:
         break;
@@ -1045,6 +1096,9 @@ config_raw_free(struct config_section *sec)
     case CONFIG_S_LISTENER:
         free(sec->raw.listener.listen.items);
         free(sec->raw.listener.brand);
+        rl_cidr_list_free(&sec->raw.listener.proxy_trusted);
+        rl_cidr_list_free(&sec->raw.listener.allow);
+        rl_cidr_list_free(&sec->raw.listener.deny);
         break;
     case CONFIG_S_BRAND:
         free(sec->raw.brand.hostname);
@@ -1280,12 +1334,13 @@ config_handler(void *user, const char *section, const char *name, const char *va
                      config_section_label(sec, label, sizeof(label)));
         return 1;
     }
-    if (sec->key_lines[idx] != 0) {
+    if (sec->key_lines[idx] != 0 && !d->repeat) {
         config_error(ctx, ctx->lineno, "duplicate key \"%s\" (first at line %d)", name,
                      sec->key_lines[idx]);
         return 1;
     }
-    sec->key_lines[idx] = ctx->lineno;
+    if (sec->key_lines[idx] == 0)
+        sec->key_lines[idx] = ctx->lineno;
     if (*value == '\0' && !d->empty_ok) {
         config_error(ctx, ctx->lineno, "empty value for \"%s\"", name);
         return 1;
@@ -1339,6 +1394,8 @@ config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct 
     cfg->max_connections_per_ip =
         (unsigned)config_merge(r->max_connections_per_ip, RL_MAX_CONNECTIONS_PER_IP_DEFAULT);
     cfg->max_upstream_connections = (unsigned)config_merge(r->max_upstream_connections, 0);
+    cfg->max_connection_rate =
+        (unsigned)config_merge(r->max_connection_rate, RL_MAX_CONNECTION_RATE_DEFAULT);
     cfg->max_errors = (unsigned)config_merge(r->max_errors, RL_MAX_ERRORS_DEFAULT);
     cfg->max_junk_commands =
         (unsigned)config_merge(r->max_junk_commands, RL_MAX_JUNK_COMMANDS_DEFAULT);
@@ -1575,6 +1632,29 @@ config_default_listener(struct config_ctx *ctx, struct rl_listener_conf *l, cons
     l->brand = brand;
 }
 
+/* PROXY protocol and access lists: the lists move from the raw section to
+ * the listener.  A header is only ever accepted from proxy_trusted, so
+ * proxy_protocol without it could never accept a connection. */
+static void
+config_listener_access(struct config_ctx *ctx, struct config_section *sec,
+                       struct rl_listener_conf *l)
+{
+    struct config_raw_listener *r = &sec->raw.listener;
+
+    l->proxy_protocol = (unsigned)config_merge(r->proxy_protocol, 0);
+    l->proxy_trusted = r->proxy_trusted;
+    l->allow = r->allow;
+    l->deny = r->deny;
+    r->proxy_trusted = r->allow = r->deny = (struct rl_cidr_list){0};
+    if (l->proxy_protocol != 0 && sec->key_lines[CONFIG_D_PROXY_TRUSTED] == 0)
+        config_error(ctx, sec->key_lines[CONFIG_D_PROXY_PROTOCOL],
+                     "proxy_protocol needs proxy_trusted: the networks of the load balancers "
+                     "allowed to send the PROXY header");
+    if (sec->key_lines[CONFIG_D_PROXY_TRUSTED] != 0 && sec->key_lines[CONFIG_D_PROXY_PROTOCOL] == 0)
+        config_error(ctx, sec->key_lines[CONFIG_D_PROXY_TRUSTED],
+                     "proxy_trusted needs proxy_protocol = v1, v2 or any");
+}
+
 static void
 config_build_listeners(struct config_ctx *ctx, struct rl_config *cfg)
 {
@@ -1643,6 +1723,7 @@ config_build_listeners(struct config_ctx *ctx, struct rl_config *cfg)
             config_error(ctx, sec->key_lines[CONFIG_D_REQUIRE_TLS],
                          "require_tls = no needs tls = starttls: an implicit TLS listener has no "
                          "plaintext phase");
+        config_listener_access(ctx, sec, l);
 
         if (r->brand != NULL) {
             for (size_t b = 0; b < cfg->nbrands; b++)
@@ -1689,6 +1770,9 @@ config_free(struct rl_config *cfg)
     for (size_t i = 0; cfg->listeners != NULL && i < cfg->nlisteners; i++) {
         free(cfg->listeners[i].name);
         free(cfg->listeners[i].addrs);
+        rl_cidr_list_free(&cfg->listeners[i].proxy_trusted);
+        rl_cidr_list_free(&cfg->listeners[i].allow);
+        rl_cidr_list_free(&cfg->listeners[i].deny);
     }
     free(cfg->listeners);
     for (size_t i = 0; cfg->brands != NULL && i < cfg->nbrands; i++) {

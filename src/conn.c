@@ -227,17 +227,29 @@ rl_conn_connect(struct rl_conn *c, const struct sockaddr *sa)
     return uv_tcp_connect(&c->creq, &c->tcp, sa, conn_on_connect);
 }
 
-int
-rl_conn_start_tls(struct rl_conn *c, const struct rl_tls_conf *conf, const char *hostname)
+/* Puts a fresh TLS engine on the conn. */
+static int
+conn_tls_attach(struct rl_conn *c, const struct rl_tls_conf *conf, const char *hostname)
 {
-    int rc;
-
-    if (c->tls != NULL || rl_buf_len(&c->in) > 0)
+    if (c->tls != NULL)
         return RL_E_PROTO;
     c->tls = rl_tls_new(conf, hostname);
     if (c->tls == NULL)
         return RL_E_NOMEM;
     c->hs_done = false;
+    return 0;
+}
+
+int
+rl_conn_start_tls(struct rl_conn *c, const struct rl_tls_conf *conf, const char *hostname)
+{
+    int rc;
+
+    if (rl_buf_len(&c->in) > 0)
+        return RL_E_PROTO;
+    rc = conn_tls_attach(c, conf, hostname);
+    if (rc < 0)
+        return rc;
     /* A client speaks first: its hello goes out now.  A server waits. */
     if (hostname != NULL) {
         rc = rl_tls_handshake(c->tls);
@@ -246,6 +258,39 @@ rl_conn_start_tls(struct rl_conn *c, const struct rl_tls_conf *conf, const char 
         conn_flush(c);
     }
     conn_update_reading(c);
+    return 0;
+}
+
+/*
+ * The bytes in `in` arrived in the same reads as a PROXY header, before
+ * anything was said to the client: on an implicit TLS listener they can
+ * only be the start of its handshake, so they move to the engine's
+ * ciphertext input as they are.  The handshake is stepped from the loop,
+ * not from inside this call, so no event reaches the owner before it
+ * returns.
+ */
+int
+rl_conn_start_tls_after_proxy(struct rl_conn *c, const struct rl_tls_conf *conf)
+{
+    int rc = conn_tls_attach(c, conf, NULL);
+
+    if (rc < 0)
+        return rc;
+    while (rl_buf_len(&c->in) > 0) {
+        size_t avail = 0, n;
+        char *p = rl_tls_in_reserve(c->tls, &avail);
+
+        if (p == NULL)
+            return RL_E_FULL;
+        n = rl_buf_len(&c->in) < avail ? rl_buf_len(&c->in) : avail;
+        memcpy(p, rl_buf_data(&c->in), n);
+        rl_tls_in_commit(c->tls, n);
+        rl_buf_consume(&c->in, n);
+    }
+    if (c->peer_eof)
+        rl_tls_in_eof(c->tls);
+    conn_update_reading(c);
+    uv_idle_start(&c->kick, conn_on_kick);
     return 0;
 }
 

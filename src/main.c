@@ -16,8 +16,11 @@
 
 #include "relabel/config.h"
 #include "relabel/ctx.h"
+#include "relabel/limits.h"
 #include "relabel/listener.h"
 #include "relabel/log.h"
+#include "relabel/proxy.h"
+#include "relabel/ratelimit.h"
 #include "relabel/session.h"
 #include "relabel/snapshot.h"
 #include "version.h"
@@ -88,6 +91,33 @@ main_check_key(const struct rl_config *cfg, const struct rl_brand_conf *b)
     }
 }
 
+static const char *
+main_proxy_versions(unsigned versions)
+{
+    switch (versions) {
+    case RL_PROXY_V1:
+        return "proxy_protocol v1 from";
+    case RL_PROXY_V2:
+        return "proxy_protocol v2 from";
+    default:
+        return "proxy_protocol v1 or v2 from";
+    }
+}
+
+/* One line per non-empty list of networks: "    allow 10.0.0.0/8, ::1/128". */
+static void
+main_print_cidrs(const char *label, const struct rl_cidr_list *l)
+{
+    char text[RL_CIDR_TEXT_MAX];
+
+    if (l->n == 0)
+        return;
+    printf("    %s", label);
+    for (size_t i = 0; i < l->n; i++)
+        printf("%s %s", i ? "," : "", rl_cidr_text(&l->items[i], text, sizeof(text)));
+    printf("\n");
+}
+
 static void
 main_print_summary(const struct rl_config *cfg)
 {
@@ -101,7 +131,16 @@ main_print_summary(const struct rl_config *cfg)
         for (size_t j = 0; j < lc->naddrs; j++)
             printf("%s %s", j ? "," : "", lc->addrs[j].text);
         printf("\n");
+        if (lc->proxy_protocol != 0)
+            main_print_cidrs(main_proxy_versions(lc->proxy_protocol), &lc->proxy_trusted);
+        main_print_cidrs("allow", &lc->allow);
+        main_print_cidrs("deny", &lc->deny);
     }
+    printf("  max_connection_rate: ");
+    if (cfg->max_connection_rate == 0)
+        printf("off\n");
+    else
+        printf("%u per minute per client address\n", cfg->max_connection_rate);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct rl_upstream_conf *u = &cfg->upstreams[i];
 
@@ -466,6 +505,14 @@ main(int argc, char **argv)
     m.ctx.snap = snap;
     if (uv_random(NULL, NULL, &m.ctx.id_seed, sizeof(m.ctx.id_seed), 0, NULL) < 0)
         m.ctx.id_seed = (uint64_t)getpid() * 0x100000001b3ULL ^ (uint64_t)uv_hrtime();
+    /* Allocated once, whatever the rate, so a reload can turn it on. */
+    m.ctx.rate = rl_ratelimit_new(RL_RATELIMIT_SLOTS, m.ctx.id_seed ^ 0x5851f42d4c957f2dULL);
+    if (m.ctx.rate == NULL) {
+        rl_log(RL_LOG_ERROR, "cannot allocate the connection rate table: out of memory");
+        uv_loop_close(&loop);
+        rl_snapshot_unref(snap);
+        return 1;
+    }
 
     rc = rl_listeners_open(&m.ctx, snap, stderr, &m.listeners);
     if (rc < 0 || main_drop_privileges(snap->cfg) < 0) {
@@ -474,6 +521,7 @@ main(int argc, char **argv)
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         rl_snapshot_unref(snap);
+        rl_ratelimit_free(m.ctx.rate);
         return 1;
     }
 
@@ -507,6 +555,7 @@ main(int argc, char **argv)
         rl_log(RL_LOG_ERROR, "event loop closed with handles open: %s", uv_strerror(rc));
     rl_snapshot_unref(m.ctx.snap);
     m.ctx.snap = NULL;
+    rl_ratelimit_free(m.ctx.rate);
     rl_log(RL_LOG_INFO, "relabel stopped");
     return rc == 0 ? 0 : 1;
 }

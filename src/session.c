@@ -10,9 +10,16 @@
  * upstream's own.  Nothing is queued: a message is acknowledged only if the
  * upstream acknowledged it.
  *
- * Client leg:    TLS_ACCEPT -> COMMAND <-> DATA, COMMAND -> STARTTLS ->
- *                TLS_ACCEPT, COMMAND -> AUTH (one continuation line) ->
- *                COMMAND, COMMAND -> DISCARD (over-long line) -> COMMAND
+ * Client leg:    [PROXY] -> TLS_ACCEPT -> COMMAND <-> DATA, COMMAND ->
+ *                STARTTLS -> TLS_ACCEPT, COMMAND -> AUTH (one continuation
+ *                line) -> COMMAND, COMMAND -> DISCARD (over-long line) ->
+ *                COMMAND
+ *
+ * Behind a load balancer (proxy_protocol) the client leg starts in PROXY:
+ * the connection must come from proxy_trusted and begin with a PROXY
+ * header, whose source address is the client's from then on.  Access
+ * lists, the connection rate and the connection limits are checked on
+ * that address (or the socket's, without a header) before any TLS work.
  * Upstream leg:  RESOLVE -> CONNECT -> [TLS] -> GREETING -> [EHLO ->
  *                STARTTLS -> TLS] -> READY; FAILED; ABORTED
  *
@@ -32,10 +39,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include "relabel/cidr.h"
 #include "relabel/conn.h"
 #include "relabel/errors.h"
 #include "relabel/limits.h"
 #include "relabel/log.h"
+#include "relabel/proxy.h"
+#include "relabel/ratelimit.h"
 #include "relabel/session.h"
 #include "relabel/smtp.h"
 #include "relabel/snapshot.h"
@@ -43,6 +53,7 @@
 #include "relabel/upstream.h"
 
 #define CL_STATE_MAP(X)                                                                            \
+    X(PROXY)                                                                                       \
     X(TLS_ACCEPT)                                                                                  \
     X(COMMAND)                                                                                     \
     X(AUTH)                                                                                        \
@@ -96,6 +107,11 @@ struct pending {
 
 static const char REPLY_SHUTDOWN[] = "421 4.3.2 %s Service shutting down\r\n";
 
+/* Refusals at connect, before any TLS work (STARTTLS listeners only; an
+ * implicit TLS listener just closes). */
+static const char REPLY_DENIED[] = "554 5.7.1 %s Access denied\r\n";
+static const char REPLY_TOO_MANY[] = "421 4.7.0 %s Too many connections, try again later\r\n";
+
 /* The 421s a client gets when the upstream leg fails (RFC 5321 §3.8). */
 static const char REPLY_UP_UNAVAILABLE[] =
     "421 4.4.1 %s Mail service temporarily unavailable, closing connection\r\n";
@@ -127,6 +143,19 @@ struct rl_session {
     struct rl_conn *cl;
     struct rl_conn *up;
     int nconns; /* conns not yet CLOSED, including failed attempts */
+    /* The client: the PROXY header's source behind a load balancer, else
+     * the socket's peer; AF_UNSPEC until known.  Limits, access lists and
+     * log lines use this, never the conn's own peer. */
+    struct sockaddr_storage cl_addr;
+    struct rl_cidr_addr cl_ip;
+    char cl_peer[RL_CIDR_PEER_MAX];
+    /* PROXY protocol: the version of the header (0: none), whether it was
+     * LOCAL/UNKNOWN (the balancer's own connection), the balancer's
+     * address and the v2 AUTHORITY TLV (the name the client asked for). */
+    unsigned proxy_version;
+    bool proxy_local;
+    char proxy_via[RL_CIDR_PEER_MAX];
+    char proxy_authority[sizeof(((struct rl_proxy_hdr *)0)->authority)];
     struct batch cl_out;
     struct batch up_out;
 
@@ -185,6 +214,7 @@ struct rl_session {
 
 static void session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg);
 static void session_client_process(struct rl_session *s);
+static void session_client_proxy(struct rl_session *s);
 static void session_close(struct rl_session *s, const char *why);
 static void session_up_next_addr(struct rl_session *s);
 static void session_drain_check(struct rl_session *s);
@@ -203,7 +233,7 @@ session_enter_cl(struct rl_session *s, enum cl_state st)
     rl_log(RL_LOG_DEBUG, "%s client state %s -> %s", s->id, cl_state_names[s->cl_state],
            cl_state_names[st]);
     s->cl_state = st;
-    if (st == CL_TLS_ACCEPT || st == CL_DATA) {
+    if (st == CL_PROXY || st == CL_TLS_ACCEPT || st == CL_DATA) {
         s->step_ms = session_now_ms(s);
         s->step_bytes = s->cl != NULL ? rl_conn_bytes_in(s->cl) : 0;
         s->paused_ms = 0;
@@ -425,6 +455,7 @@ session_deadline(const struct rl_session *s)
     const struct rl_config *cfg = s->snap->cfg;
 
     switch (s->cl_state) {
+    case CL_PROXY:
     case CL_TLS_ACCEPT:
         return s->step_ms + cfg->handshake_timeout_ms;
     case CL_DATA:
@@ -461,6 +492,7 @@ session_set_timeouts(struct rl_session *s, bool force)
     unsigned ms;
 
     switch (s->cl_state) {
+    case CL_PROXY:
     case CL_TLS_ACCEPT:
         ms = cfg->handshake_timeout_ms;
         break;
@@ -491,11 +523,38 @@ session_set_timeouts(struct rl_session *s, bool force)
 
 /* ---- closing -------------------------------------------------------- */
 
+/* " proxy=v2 via=ADDR proxy_authority=\"NAME\"" for the session end line;
+ * " via=ADDR" on a PROXY listener that got no valid header, "" elsewhere.
+ * A LOCAL (v2) or UNKNOWN (v1) header is logged as proxy=v2-local /
+ * proxy=v1-unknown: the client is the balancer itself. */
+static const char *
+session_proxy_fields(const struct rl_session *s, char *out, size_t cap)
+{
+    char auth[sizeof(s->proxy_authority) * 4];
+    int n;
+
+    out[0] = '\0';
+    if (s->proxy_version == 0) {
+        if (s->proxy_via[0] != '\0')
+            snprintf(out, cap, " via=%s", s->proxy_via);
+        return out;
+    }
+    n = snprintf(out, cap, " proxy=v%c%s via=%s", s->proxy_version == RL_PROXY_V1 ? '1' : '2',
+                 !s->proxy_local                   ? ""
+                 : s->proxy_version == RL_PROXY_V1 ? "-unknown"
+                                                   : "-local",
+                 s->proxy_via);
+    if (s->proxy_authority[0] != '\0' && n > 0 && (size_t)n < cap)
+        snprintf(out + n, cap - (size_t)n, " proxy_authority=\"%s\"",
+                 rl_log_escape(s->proxy_authority, strlen(s->proxy_authority), auth, sizeof(auth)));
+    return out;
+}
+
 static void
 session_log_end(struct rl_session *s)
 {
     struct rl_tls *ct = s->cl ? rl_conn_tls(s->cl) : NULL;
-    char sni[300] = "-";
+    char sni[300] = "-", proxy[1200];
 
     if (ct != NULL && rl_tls_sni(ct) != NULL) {
         const char *v = rl_tls_sni(ct);
@@ -503,11 +562,11 @@ session_log_end(struct rl_session *s)
         rl_log_escape(v, strlen(v), sni, sizeof(sni));
     }
     rl_log(RL_LOG_INFO,
-           "%s session end client=%s listener=%s brand=%s sni=%s tls=%s cipher=%s resumed=%s "
+           "%s session end client=%s%s listener=%s brand=%s sni=%s tls=%s cipher=%s resumed=%s "
            "upstream=%s up_tls=%s up_cipher=%s up_resumed=%s messages=%u in=%llu out=%llu "
            "duration=%.3fs reason=\"%s\"",
-           s->id, s->cl ? rl_conn_peer(s->cl) : "-", s->lc->name, s->brand->name, sni,
-           ct ? rl_tls_version(ct) : "none", ct ? rl_tls_cipher(ct) : "none",
+           s->id, s->cl_peer, session_proxy_fields(s, proxy, sizeof(proxy)), s->lc->name,
+           s->brand->name, sni, ct ? rl_tls_version(ct) : "none", ct ? rl_tls_cipher(ct) : "none",
            ct && rl_tls_resumed(ct) ? "yes" : "no", s->up_peer[0] ? s->up_peer : "-",
            s->up_tls[0] ? s->up_tls : "none", s->up_cipher[0] ? s->up_cipher : "none",
            s->up_resumed ? "yes" : "no", s->messages, s->cl ? rl_conn_bytes_in(s->cl) : 0ULL,
@@ -1073,7 +1132,7 @@ session_log_plain_auth(struct rl_session *s, const char *b64, size_t len, bool p
     }
     rl_log_escape(u, ulen, user, sizeof(user));
     rl_log(RL_LOG_WARN, "%s plaintext AUTH user=\"%s\" client=%s listener=%s", s->id, user,
-           rl_conn_peer(s->cl), s->lc->name);
+           s->cl_peer, s->lc->name);
 }
 
 static void
@@ -1363,7 +1422,8 @@ session_client_process(struct rl_session *s)
         size_t line_len, used = 0;
         int rc;
 
-        if (s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS || s->cl_state == CL_DONE)
+        if (s->cl_state == CL_PROXY || s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS ||
+            s->cl_state == CL_DONE)
             break;
         if (s->relay && s->up_state == UP_FAILED) {
             session_reply_close(s, s->fail_reply, s->reason);
@@ -1538,13 +1598,18 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
         session_client_tls_ready(s);
         break;
     case RL_CONN_DATA:
-        session_client_process(s);
+        if (s->cl_state == CL_PROXY)
+            session_client_proxy(s);
+        else
+            session_client_process(s);
         break;
     case RL_CONN_DRAINED:
         session_drained(s);
         break;
     case RL_CONN_EOF:
-        session_close(s, s->cl_state == CL_DATA ? "client closed during DATA" : "client closed");
+        session_close(s, s->cl_state == CL_DATA    ? "client closed during DATA"
+                         : s->cl_state == CL_PROXY ? "closed before the end of the PROXY header"
+                                                   : "client closed");
         break;
     case RL_CONN_ERROR:
         snprintf(why, sizeof(why), "client %s: %s",
@@ -1553,7 +1618,9 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
         session_close(s, why);
         break;
     case RL_CONN_TIMEOUT:
-        if (s->cl_state == CL_TLS_ACCEPT) {
+        if (s->cl_state == CL_PROXY) {
+            session_close(s, "no PROXY header within handshake_timeout");
+        } else if (s->cl_state == CL_TLS_ACCEPT) {
             session_close(s, "client TLS handshake timeout");
         } else if (s->cl_state == CL_DATA && s->up != NULL && rl_conn_write_blocked(s->up)) {
             session_reply_close(s,
@@ -1674,55 +1741,207 @@ session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
 
 /* ---- start and shutdown ----------------------------------------------- */
 
-/* Same client address (the port aside). */
-static bool
-session_same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+/* Refuses the client before any TLS work: a STARTTLS listener answers
+ * reply, an implicit TLS one closes (a plaintext reply means nothing to a
+ * client waiting for a handshake). */
+static void
+session_refuse(struct rl_session *s, const char *reply, const char *why)
 {
-    if (a->ss_family != b->ss_family)
-        return false;
-    if (a->ss_family == AF_INET)
-        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
-                      &((const struct sockaddr_in *)b)->sin_addr, sizeof(struct in_addr)) == 0;
-    if (a->ss_family == AF_INET6)
-        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                      &((const struct sockaddr_in6 *)b)->sin6_addr, sizeof(struct in6_addr)) == 0;
+    rl_log(RL_LOG_INFO, "%s refused client=%s listener=%s reason=\"%s\"", s->id, s->cl_peer,
+           s->lc->name, why);
+    if (s->lc->tls == RL_TLS_STARTTLS)
+        session_reply_close(s, reply, why);
+    else
+        session_close(s, why);
+}
+
+/*
+ * The listener's deny and allow lists, then max_connection_rate, on the
+ * client's address.  An attempt over the rate takes no token, so a client
+ * that keeps trying is let in again at the configured pace.  Returns true
+ * if the session ended.
+ */
+static bool
+session_refused(struct rl_session *s)
+{
+    const struct rl_listener_conf *lc = s->lc;
+    unsigned rate = s->snap->cfg->max_connection_rate;
+    const struct rl_cidr *hit = rl_cidr_list_match(&lc->deny, &s->cl_ip);
+    char why[160], net[RL_CIDR_TEXT_MAX];
+
+    if (hit != NULL) {
+        snprintf(why, sizeof(why), "denied by deny %s", rl_cidr_text(hit, net, sizeof(net)));
+        session_refuse(s, REPLY_DENIED, why);
+        return true;
+    }
+    if (lc->allow.n > 0 && rl_cidr_list_match(&lc->allow, &s->cl_ip) == NULL) {
+        session_refuse(s, REPLY_DENIED, "denied by allow (no network matches)");
+        return true;
+    }
+    if (s->ctx->rate != NULL &&
+        !rl_ratelimit_allow(s->ctx->rate, &s->cl_ip, rate, session_now_ms(s))) {
+        snprintf(why, sizeof(why), "too many new connections (max_connection_rate=%u per minute)",
+                 rate);
+        session_refuse(s, REPLY_TOO_MANY, why);
+        return true;
+    }
     return false;
 }
 
 /*
- * Connection limits, checked before any TLS work: the total, and per client
- * address (a linear walk: the total bounds it, and it costs far less than
- * the handshake it saves).  Over a limit a STARTTLS listener answers 421;
- * an implicit-TLS listener just closes (a plaintext reply means nothing to
- * a client waiting for a handshake).  Returns true if the session ended.
+ * Connection limits: the total, and per client address (a linear walk: the
+ * total bounds it, and it costs far less than the handshake it saves).
+ * Sessions still waiting for their PROXY header have no address yet and
+ * count only in the total.  Returns true if the session ended.
  */
 static bool
 session_over_limit(struct rl_session *s)
 {
     const struct rl_config *cfg = s->snap->cfg;
-    const struct sockaddr_storage *ip = rl_conn_peer_addr(s->cl);
     unsigned same = 0;
-    char why[120];
+    char why[160];
 
     if (s->ctx->nsessions > cfg->max_connections) {
         snprintf(why, sizeof(why), "too many connections (max_connections=%u)",
                  cfg->max_connections);
     } else {
         for (struct rl_session *o = s->ctx->sessions; o != NULL; o = o->next)
-            if (o->cl != NULL && session_same_ip(rl_conn_peer_addr(o->cl), ip))
+            if (o->cl != NULL && rl_cidr_addr_equal(&o->cl_ip, &s->cl_ip))
                 same++;
         if (same <= cfg->max_connections_per_ip)
             return false;
         snprintf(why, sizeof(why), "too many connections from %s (max_connections_per_ip=%u)",
-                 rl_conn_peer(s->cl), cfg->max_connections_per_ip);
+                 s->cl_peer, cfg->max_connections_per_ip);
     }
-    rl_log(RL_LOG_INFO, "%s refused client=%s listener=%s reason=\"%s\"", s->id,
-           rl_conn_peer(s->cl), s->lc->name, why);
-    if (s->lc->tls == RL_TLS_STARTTLS)
-        session_reply_close(s, "421 4.7.0 %s Too many connections, try again later\r\n", why);
-    else
-        session_close(s, why);
+    session_refuse(s, REPLY_TOO_MANY, why);
     return true;
+}
+
+/* Sets the client's address; an IPv4-mapped IPv6 address is its IPv4. */
+static void
+session_set_client(struct rl_session *s, const struct sockaddr_storage *ss)
+{
+    s->cl_addr = *ss;
+    rl_cidr_sockaddr_unmap(&s->cl_addr);
+    rl_cidr_addr_set(&s->cl_ip, (const struct sockaddr *)&s->cl_addr);
+    rl_cidr_peer_text((const struct sockaddr *)&s->cl_addr, s->cl_peer, sizeof(s->cl_peer));
+}
+
+/*
+ * The client's address is known: access, rate and limits, then the TLS
+ * handshake (implicit) or the greeting (STARTTLS).  Bytes that came after
+ * a PROXY header are the client's first TLS records, or commands sent
+ * before the greeting, which are read like any pipelined commands.
+ */
+static void
+session_client_start(struct rl_session *s)
+{
+    const struct rl_listener_conf *lc = s->lc;
+    int rc;
+
+    if (session_refused(s) || session_over_limit(s))
+        return;
+    /* The leg's first state, or its first change after a PROXY header. */
+    if (s->proxy_version != 0)
+        session_enter_cl(s, lc->tls == RL_TLS_IMPLICIT ? CL_TLS_ACCEPT : CL_COMMAND);
+    else
+        s->cl_state = lc->tls == RL_TLS_IMPLICIT ? CL_TLS_ACCEPT : CL_COMMAND;
+    if (s->cl_state == CL_TLS_ACCEPT)
+        s->step_ms = s->started_ms; /* the handshake deadline counts from accept */
+    if (lc->tls == RL_TLS_IMPLICIT) {
+        const struct rl_tls_conf *conf = rl_snapshot_brand_tls(s->snap, s->brand);
+
+        if (s->proxy_version != 0)
+            rc = rl_conn_start_tls_after_proxy(s->cl, conf);
+        else
+            rc = rl_conn_start_tls(s->cl, conf, NULL);
+        if (rc < 0) {
+            session_close(s, "cannot start TLS");
+            return;
+        }
+    } else {
+        char greet[300];
+
+        /* require_tls = no: plaintext clients are relayed (the upstream leg
+         * is still verified TLS), for the migration from the CNAME. */
+        s->relay = !lc->require_tls;
+        snprintf(greet, sizeof(greet), "220 %%s %.200s\r\n", s->snap->cfg->banner);
+        session_reply(s, greet);
+        session_flush(s);
+        if (!s->closing && rl_buf_len(rl_conn_in(s->cl)) > 0)
+            session_client_process(s);
+    }
+    if (!s->closing)
+        session_set_timeouts(s, true);
+}
+
+/*
+ * The PROXY header (HAProxy's proxy-protocol.txt), read before anything
+ * else.  Bytes are gathered until a whole header is there; what follows it
+ * stays in `in` for session_client_start().
+ */
+static void
+session_client_proxy(struct rl_session *s)
+{
+    struct rl_buf *in = rl_conn_in(s->cl);
+    unsigned allowed = s->lc->proxy_protocol;
+    struct rl_proxy_hdr h;
+    char why[160], start[80];
+    int rc = rl_proxy_parse(rl_buf_data(in), rl_buf_len(in), allowed, &h);
+
+    if (rc == 1)
+        return; /* a valid prefix: wait for the rest */
+    if (rc < 0) {
+        /* A header (or the start of one) of the other version is told
+         * apart from garbage, for the operator reading the log. */
+        if (rl_proxy_parse(rl_buf_data(in), rl_buf_len(in), RL_PROXY_V1 | RL_PROXY_V2, &h) >= 0)
+            snprintf(why, sizeof(why), "PROXY v%c header not allowed (proxy_protocol = v%c)",
+                     rl_buf_data(in)[0] == '\r' ? '2' : '1', allowed == RL_PROXY_V1 ? '1' : '2');
+        else
+            snprintf(why, sizeof(why), "malformed PROXY header");
+        rl_log(RL_LOG_INFO, "%s refused via=%s listener=%s reason=\"%s\" start=\"%s\"", s->id,
+               s->proxy_via, s->lc->name, why,
+               rl_log_escape(rl_buf_data(in), rl_buf_len(in) < 16 ? rl_buf_len(in) : 16, start,
+                             sizeof(start)));
+        session_close(s, why);
+        return;
+    }
+    rl_buf_consume(in, h.used);
+    s->proxy_version = h.version;
+    s->proxy_local = h.local;
+    memcpy(s->proxy_authority, h.authority, sizeof(s->proxy_authority));
+    session_set_client(s, h.local ? rl_conn_peer_addr(s->cl) : &h.src);
+    rl_log(RL_LOG_DEBUG, "%s proxy v%c%s client=%s via=%s", s->id,
+           h.version == RL_PROXY_V1 ? '1' : '2', h.local ? " local" : "", s->cl_peer, s->proxy_via);
+    session_client_start(s);
+}
+
+/*
+ * A PROXY protocol listener: only its load balancers may connect, and each
+ * connection must start with a header.  Anyone else is closed at once,
+ * without a reply: a client that reaches the listener directly bypassed
+ * the balancer, and anything it is told helps it probe.
+ */
+static void
+session_proxy_begin(struct rl_session *s)
+{
+    const struct sockaddr_storage *ss = rl_conn_peer_addr(s->cl);
+    struct rl_cidr_addr via;
+    char why[160];
+
+    rl_cidr_addr_set(&via, (const struct sockaddr *)ss);
+    rl_cidr_peer_text((const struct sockaddr *)ss, s->proxy_via, sizeof(s->proxy_via));
+    rl_log(RL_LOG_DEBUG, "%s session start via=%s listener=%s", s->id, s->proxy_via, s->lc->name);
+    if (rl_cidr_list_match(&s->lc->proxy_trusted, &via) == NULL) {
+        session_set_client(s, ss);
+        snprintf(why, sizeof(why), "not a trusted PROXY protocol source (proxy_trusted)");
+        rl_log(RL_LOG_INFO, "%s refused client=%s listener=%s reason=\"%s\"", s->id, s->cl_peer,
+               s->lc->name, why);
+        session_close(s, why);
+        return;
+    }
+    session_enter_cl(s, CL_PROXY);
+    session_set_timeouts(s, true);
 }
 
 int
@@ -1742,6 +1961,7 @@ rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_
     s->started_ms = uv_now(ctx->loop);
     snprintf(s->id, sizeof(s->id), "%016" PRIx64,
              (uint64_t)(ctx->id_seed ^ (ctx->id_next++ * 0x9e3779b97f4a7c15ULL)));
+    snprintf(s->cl_peer, sizeof(s->cl_peer), "-");
     rl_buf_init(&s->cl_out.b, BATCH_MAX);
     rl_buf_init(&s->up_out.b, BATCH_MAX);
     s->next = ctx->sessions;
@@ -1762,30 +1982,13 @@ rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_
         session_close(s, "accept failed");
         return rc;
     }
-    rl_log(RL_LOG_DEBUG, "%s session start client=%s listener=%s", s->id, rl_conn_peer(s->cl),
-           lc->name);
-    if (session_over_limit(s))
+    if (lc->proxy_protocol != 0) {
+        session_proxy_begin(s);
         return 0;
-    if (lc->tls == RL_TLS_IMPLICIT) {
-        s->cl_state = CL_TLS_ACCEPT;
-        s->step_ms = s->started_ms;
-        rc = rl_conn_start_tls(s->cl, rl_snapshot_brand_tls(s->snap, s->brand), NULL);
-        if (rc < 0) {
-            session_close(s, "cannot start TLS");
-            return 0;
-        }
-    } else {
-        char greet[300];
-
-        s->cl_state = CL_COMMAND;
-        /* require_tls = no: plaintext clients are relayed (the upstream leg
-         * is still verified TLS), for the migration from the CNAME. */
-        s->relay = !lc->require_tls;
-        snprintf(greet, sizeof(greet), "220 %%s %.200s\r\n", s->snap->cfg->banner);
-        session_reply(s, greet);
-        session_flush(s);
     }
-    session_set_timeouts(s, true);
+    session_set_client(s, rl_conn_peer_addr(s->cl));
+    rl_log(RL_LOG_DEBUG, "%s session start client=%s listener=%s", s->id, s->cl_peer, lc->name);
+    session_client_start(s);
     return 0;
 }
 
@@ -1810,7 +2013,7 @@ rl_session_shutdown_all(struct rl_ctx *ctx, bool force)
     for (struct rl_session *s = ctx->sessions; s != NULL; s = s->next) {
         if (s->closing)
             continue;
-        if (s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS) {
+        if (s->cl_state == CL_PROXY || s->cl_state == CL_TLS_ACCEPT || s->cl_state == CL_STARTTLS) {
             session_close(s, "shutdown");
         } else if (force || !session_busy(s)) {
             /* session_close() drops the upstream without an end of data

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "relabel/cidr.h"
+
 enum rl_tls_mode { RL_TLS_IMPLICIT, RL_TLS_STARTTLS };
 enum rl_log_format { RL_LOG_TEXT, RL_LOG_JSON };
 
@@ -61,6 +63,15 @@ struct rl_listener_conf {
     enum rl_tls_mode tls;
     bool require_tls; /* STARTTLS listeners: nothing but EHLO/HELO/NOOP/RSET/QUIT before TLS */
     struct rl_brand_conf *brand; /* points into rl_config.brands */
+    /* PROXY protocol: the versions accepted (RL_PROXY_V1 | RL_PROXY_V2, see
+     * proxy.h), 0 for none.  When set, every connection must come from
+     * proxy_trusted (never empty then) and start with a header. */
+    unsigned proxy_protocol;
+    struct rl_cidr_list proxy_trusted;
+    /* Access to the listener by client address: refused if deny matches,
+     * else refused if allow is not empty and does not match. */
+    struct rl_cidr_list allow;
+    struct rl_cidr_list deny;
 };
 
 struct rl_config {
@@ -87,6 +98,7 @@ struct rl_config {
     unsigned max_junk_commands;        /* NOOP/RSET/VRFY/EXPN/HELP between messages */
     unsigned max_connections;          /* sessions at once, all listeners */
     unsigned max_connections_per_ip;   /* sessions at once from one client address */
+    unsigned max_connection_rate;      /* new sessions per client address per minute, 0: off */
     unsigned max_upstream_connections; /* upstream legs at once; 0: max_connections bounds them */
     bool bare_newline_reject;          /* bare_newline = normalize (default) | reject */
 

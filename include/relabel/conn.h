@@ -62,6 +62,19 @@ int rl_conn_connect(struct rl_conn *c, const struct sockaddr *sa);
  * into TLS.  RL_CONN_TLS_READY follows, or RL_CONN_ERROR. */
 int rl_conn_start_tls(struct rl_conn *c, const struct rl_tls_conf *conf, const char *hostname);
 
+/*
+ * Starts server-side TLS right after a PROXY protocol header on an
+ * implicit-TLS listener, keeping the bytes already in `in`: a client
+ * behind a load balancer sends its ClientHello without waiting, so it
+ * often arrives in the same read as the header, and those bytes are
+ * handed to the TLS engine as ciphertext.  Never use it after STARTTLS:
+ * there, bytes read before the handshake were sent in plaintext and may
+ * be an attacker's (rl_conn_start_tls() refuses them).  RL_CONN_TLS_READY
+ * or RL_CONN_ERROR follows from the event loop, never from inside this
+ * call.  Returns 0, RL_E_PROTO (TLS already on), RL_E_NOMEM or RL_E_FULL.
+ */
+int rl_conn_start_tls_after_proxy(struct rl_conn *c, const struct rl_tls_conf *conf);
+
 /* Plaintext received and not yet consumed by the owner. */
 struct rl_buf *rl_conn_in(struct rl_conn *c);
 

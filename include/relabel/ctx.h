@@ -1,7 +1,8 @@
 /*
  * ctx.h - the process-wide context passed down from main: the loop, the
- * current configuration snapshot and the list of live sessions.  Passed
- * explicitly; there is no global singleton.
+ * current configuration snapshot, the list of live sessions and the
+ * per-address connection rate table.  Passed explicitly; there is no
+ * global singleton.
  */
 #ifndef RELABEL_CTX_H
 #define RELABEL_CTX_H
@@ -12,6 +13,7 @@
 
 struct rl_snapshot;
 struct rl_session;
+struct rl_ratelimit;
 
 struct rl_ctx {
     uv_loop_t *loop;
@@ -21,6 +23,9 @@ struct rl_ctx {
     unsigned long nupstreams; /* sessions holding an upstream leg (max_upstream_connections) */
     uint64_t id_seed;
     uint64_t id_next;
+    /* New connections per client address (max_connection_rate); it
+     * outlives reloads, which only change the rate.  NULL: no limit. */
+    struct rl_ratelimit *rate;
     bool stopping;
 };
 

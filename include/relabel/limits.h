@@ -29,6 +29,19 @@
 #define RL_MAX_CONNECTIONS_DEFAULT 2000
 #define RL_MAX_CONNECTIONS_PER_IP_DEFAULT 50
 
+/* New connections per client address per minute (a token bucket: this many
+ * at once, then one every 60/N seconds).  A mail client opens one
+ * connection per message batch, but an application server often opens one
+ * per message: 600 (10 a second, sustained) leaves room for that while a
+ * single address can no longer make relabel do a TLS handshake hundreds of
+ * times a second (each costs far more CPU than the connection).  0 turns
+ * the limit off. */
+#define RL_MAX_CONNECTION_RATE_DEFAULT 600
+/* Client addresses the rate table remembers (about 40 bytes each).  It
+ * needs to hold the addresses seen in the last minute; under a flood of
+ * more distinct addresses than this, the longest idle are forgotten. */
+#define RL_RATELIMIT_SLOTS 8192
+
 /* Timeouts, milliseconds.  RFC 5321 §4.5.3.2 gives the server 5 minutes for
  * a command and 3 minutes per data block; 10 minutes for the reply to the
  * end of data. */

@@ -1087,15 +1087,20 @@ class Client:
     Raw SMTP client for 127.0.0.1:port (or host, e.g. "::1").  tls="implicit"
     wraps at once; use starttls() for the other.  Every reply is kept in
     self.replies.  rcvbuf: SO_RCVBUF in bytes, set before connecting.
+    source: the local address to connect from (another loopback address
+    stands in for another client).  preamble: bytes sent right after
+    connecting, before TLS and the greeting (a PROXY protocol header).
     """
 
     def __init__(self, port, ctx=None, tls=None, server_hostname=BRAND_HOST, timeout=TIMEOUT,
-                 read_greeting=True, rcvbuf=None, host=LOCALHOST, session=None):
+                 read_greeting=True, rcvbuf=None, host=LOCALHOST, source=None, preamble=b"",
+                 session=None):
         self.ctx = ctx
         self.server_hostname = server_hostname
         self.session = session  # a TLS session to offer (resumption)
         if rcvbuf is None:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout,
+                                            source_address=(source, 0) if source else None)
         else:
             # a small receive buffer (set before connecting, so the window is
             # small too): a client that does not read stalls the server fast
@@ -1103,7 +1108,11 @@ class Client:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.settimeout(timeout)
+            if source:
+                sock.bind((source, 0))
             sock.connect((host, port))
+        if preamble:
+            sock.sendall(preamble)
         self.ls = LineSock(sock, timeout)
         self.replies = []
         self.tls = False

@@ -32,13 +32,14 @@ SANITIZED = bool(os.environ.get("RELABEL_SANITIZED"))
 RSS_LIMIT_KB = 64 * 1024  # peak RSS of the normal build under any of these attacks
 FD_SLACK = 3
 
-# Every attack here comes from 127.0.0.1, so the per-address limit is
-# raised: these tests measure what each session costs and whether the daemon
-# stays up, not the limit itself (test_connection_limits.py checks that).
-# The junk-command limit is raised for the same reason (test_deadlines.py).
+# Every attack here comes from 127.0.0.1, so the per-address limits are
+# raised (or off): these tests measure what each session costs and whether
+# the daemon stays up, not the limits themselves (test_connection_limits.py,
+# test_access.py and test_deadlines.py check those).
 FAST = {"command_timeout": "2s", "data_timeout": "2s", "handshake_timeout": "2s",
         "command_deadline": "3s", "upstream_timeout": "10s", "log_level": "info",
-        "max_connections_per_ip": "5000", "max_junk_commands": "1000000"}
+        "max_connections_per_ip": "5000", "max_connection_rate": "0",
+        "max_junk_commands": "1000000"}
 
 
 # --------------------------------------------------------------------------

@@ -879,6 +879,101 @@ test_err_require_tls_implicit(void **state)
 }
 
 static void
+test_proxy_and_access(void **state)
+{
+    struct rl_config *cfg = NULL;
+    const struct rl_listener_conf *l;
+    char text[RL_CIDR_TEXT_MAX];
+
+    (void)state;
+    assert_int_equal(load_text("[relabel]\n"
+                               "max_connection_rate = 0\n"
+                               "[listener lb]\n"
+                               "listen = 127.0.0.1:465\n"
+                               "proxy_protocol = v2\n"
+                               "proxy_trusted = 10.0.0.0/8, 127.0.0.2/32 ::1/128\n"
+                               "proxy_trusted = ::ffff:192.0.2.0/120\n"
+                               "allow = 192.0.2.0/24\n"
+                               "deny = 192.0.2.7, 2001:db8::/32\n"
+                               "[listener direct]\n"
+                               "listen = 127.0.0.1:587\n"
+                               "proxy_protocol = no\n"
+                               "proxy_trusted = 10.0.0.0/8\n" BRAND_OK,
+                               &cfg),
+                     0);
+    assert_string_equal(errtext, "");
+    assert_int_equal(cfg->max_connection_rate, 0);
+    l = &cfg->listeners[0];
+    assert_int_equal(l->proxy_protocol, 2);
+    assert_int_equal(l->proxy_trusted.n, 4);
+    assert_string_equal(rl_cidr_text(&l->proxy_trusted.items[2], text, sizeof(text)), "::1/128");
+    /* The repeated key added to the list; the mapped network is IPv4. */
+    assert_string_equal(rl_cidr_text(&l->proxy_trusted.items[3], text, sizeof(text)),
+                        "192.0.2.0/24");
+    assert_int_equal(l->allow.n, 1);
+    assert_int_equal(l->deny.n, 2);
+    assert_string_equal(rl_cidr_text(&l->deny.items[0], text, sizeof(text)), "192.0.2.7/32");
+    l = &cfg->listeners[1];
+    assert_int_equal(l->proxy_protocol, 0);
+    assert_int_equal(l->allow.n, 0);
+    assert_int_equal(l->deny.n, 0);
+    rl_config_unref(cfg);
+
+    assert_int_equal(load_text("[listener x]\nlisten = 127.0.0.1:25\nproxy_protocol = any\n"
+                               "proxy_trusted = 0.0.0.0/0\n" BRAND_OK,
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->listeners[0].proxy_protocol, 3);
+    assert_int_equal(cfg->max_connection_rate, RL_MAX_CONNECTION_RATE_DEFAULT);
+    rl_config_unref(cfg);
+    assert_int_equal(load_text("[listener x]\nlisten = 127.0.0.1:25\nproxy_protocol = v1\n"
+                               "proxy_trusted = 0.0.0.0/0\n" BRAND_OK,
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->listeners[0].proxy_protocol, 1);
+    rl_config_unref(cfg);
+}
+
+static void
+test_err_proxy_and_access(void **state)
+{
+    (void)state;
+    EXPECT_FAIL("[listener x]\n"
+                "listen = 127.0.0.1:465\n"
+                "proxy_protocol = v2\n" BRAND_OK,
+                "3: proxy_protocol needs proxy_trusted: the networks of the load balancers "
+                "allowed to send the PROXY header");
+    EXPECT_FAIL("[listener x]\n"
+                "listen = 127.0.0.1:465\n"
+                "proxy_trusted = 10.0.0.0/8\n" BRAND_OK,
+                "3: proxy_trusted needs proxy_protocol = v1, v2 or any");
+    EXPECT_FAIL("[listener x]\n"
+                "listen = 127.0.0.1:465\n"
+                "proxy_protocol = v3\n"
+                "proxy_trusted = 10.0.0.0/8\n" BRAND_OK,
+                "3: invalid proxy_protocol \"v3\" (expected no, v1, v2 or any)");
+    EXPECT_FAIL("[listener x]\n"
+                "listen = 127.0.0.1:465\n"
+                "allow = 10.0.0.1/8\n"
+                "deny = 10.0.0.0/8,,10.1.0.0/16\n"
+                "deny = 2001:db8::/129\n" BRAND_OK,
+                "3: invalid allow: \"10.0.0.1/8\": bits are set after the prefix (write the "
+                "network address) (expected networks such as 10.0.0.0/8, 192.0.2.7 or "
+                "2001:db8::/32, separated by commas or spaces)",
+                "4: invalid deny: empty item in the list (expected networks such as 10.0.0.0/8, "
+                "192.0.2.7 or 2001:db8::/32, separated by commas or spaces)",
+                "5: invalid deny: \"2001:db8::/129\": the prefix length is not a number from 0 to "
+                "128 (expected networks such as 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32, "
+                "separated by commas or spaces)");
+    EXPECT_FAIL("[relabel]\nmax_connection_rate = -1\n" BRAND_OK,
+                "2: invalid max_connection_rate \"-1\" (expected a number from 0 to 1000000)");
+    EXPECT_FAIL("[listener x]\n"
+                "listen = 127.0.0.1:465\n"
+                "allow =\n" BRAND_OK,
+                "3: empty value for \"allow\"");
+}
+
+static void
 test_several_errors(void **state)
 {
     struct rl_config *cfg = (struct rl_config *)1;
@@ -1075,6 +1170,8 @@ main(void)
         cmocka_unit_test(test_err_line_too_long),
         cmocka_unit_test(test_err_brands),
         cmocka_unit_test(test_err_require_tls_implicit),
+        cmocka_unit_test(test_proxy_and_access),
+        cmocka_unit_test(test_err_proxy_and_access),
         cmocka_unit_test(test_several_errors),
         cmocka_unit_test(test_example_config),
         cmocka_unit_test(test_example_custom_upstream),

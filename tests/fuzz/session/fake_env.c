@@ -383,6 +383,18 @@ rl_conn_start_tls(struct rl_conn *c, const struct rl_tls_conf *conf, const char 
     return 0;
 }
 
+int
+rl_conn_start_tls_after_proxy(struct rl_conn *c, const struct rl_tls_conf *conf)
+{
+    if (c->role != FAKE_CLIENT)
+        fake_fail("rl_conn_start_tls_after_proxy on an upstream leg");
+    if (c->tls_on || c->tls_pending)
+        fake_fail("rl_conn_start_tls_after_proxy twice on conn %u", c->id);
+    /* The bytes after the header are the start of the handshake. */
+    rl_buf_consume(&c->in, rl_buf_len(&c->in));
+    return rl_conn_start_tls(c, conf, NULL);
+}
+
 struct rl_buf *
 rl_conn_in(struct rl_conn *c)
 {
