@@ -107,8 +107,12 @@ conn_on_close(uv_handle_t *h)
 
     if (--c->handles > 0)
         return;
-    conn_emit(c, RL_CONN_CLOSED);
+    /* The engine goes first: mbedtls_ssl_free() still reads the TLS
+     * configuration, which the owner may release in its CLOSED callback
+     * (the last session of a snapshot replaced by a reload). */
     rl_tls_free(c->tls);
+    c->tls = NULL;
+    conn_emit(c, RL_CONN_CLOSED);
     rl_buf_free(&c->in);
     rl_buf_free(&c->out);
     rl_buf_free(&c->inflight);
