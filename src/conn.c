@@ -617,6 +617,19 @@ rl_conn_strerror(const struct rl_conn *c, char *buf, size_t len)
 }
 
 const char *
+rl_conn_tls_failure(const struct rl_conn *c)
+{
+    if (c->err == 0)
+        return "timeout";
+    if (c->err == RL_E_TLS && c->tls != NULL)
+        return rl_tls_failure_class(c->tls);
+    if (c->err == RL_E_TLS_TRUNCATED || c->err == RL_E_TLS_EOF || c->err == UV_ECONNRESET ||
+        c->err == UV_EPIPE || c->err == UV_EOF)
+        return "closed";
+    return "protocol";
+}
+
+const char *
 rl_conn_peer(const struct rl_conn *c)
 {
     return c->peer;

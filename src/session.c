@@ -36,6 +36,7 @@
 #include "relabel/errors.h"
 #include "relabel/limits.h"
 #include "relabel/log.h"
+#include "relabel/metrics.h"
 #include "relabel/session.h"
 #include "relabel/smtp.h"
 #include "relabel/snapshot.h"
@@ -467,6 +468,8 @@ session_close(struct rl_session *s, const char *why)
     bool mid_message = s->cl_state == CL_DATA || s->data_abort;
 
     s->closing = true;
+    if (mid_message)
+        rl_metrics_message(s->ctx->metrics, 0);
     snprintf(s->reason, sizeof(s->reason), "%s", why);
     if (s->up != NULL && s->up_state == UP_READY && !mid_message && s->fifo_len == 0 &&
         !s->quit_sent)
@@ -502,6 +505,8 @@ session_free(struct rl_session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     ctx->nsessions--;
+    rl_metrics_session_end(ctx->metrics, s->lc->name,
+                           (double)(session_now_ms(s) - s->started_ms) / 1e3);
     rl_buf_free(&s->cl_out.b);
     rl_buf_free(&s->up_out.b);
     rl_snapshot_unref(s->snap);
@@ -509,6 +514,19 @@ session_free(struct rl_session *s)
 }
 
 /* ---- upstream failures ---------------------------------------------- */
+
+/* Counts a failure to reach or verify the upstream, by the state it
+ * happened in.  Later failures (a lost connection) are not counted here. */
+static void
+session_count_up_fail(struct rl_session *s)
+{
+    struct rl_metrics *m = s->ctx->metrics;
+
+    if (s->up_state == UP_RESOLVE || s->up_state == UP_CONNECT)
+        rl_metrics_upstream_connect_failure(m, s->uc->name);
+    else if ((s->up_state == UP_TLS || s->up_state == UP_TLS2) && s->up != NULL)
+        rl_metrics_upstream_tls_failure(m, s->uc->name, rl_conn_tls_failure(s->up));
+}
 
 /*
  * The upstream leg is gone or never came up.  The client learns it with a
@@ -525,6 +543,7 @@ session_up_fail(struct rl_session *s, const char *reply, const char *what)
     snprintf(why, sizeof(why), "upstream: %s", what);
     rl_log(RL_LOG_WARN, "%s upstream failed state=%s host=%s reason=\"%s\"", s->id,
            up_state_names[s->up_state], s->uc->host, what);
+    session_count_up_fail(s);
     session_enter_up(s, UP_FAILED);
     s->fail_reply = reply;
     if (s->up != NULL) {
@@ -802,6 +821,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
 
     if (e.kind == P_EOD) {
         s->in_tx = false;
+        rl_metrics_message(s->ctx->metrics, r->code);
         session_log_message(s, r, p);
         if (r->code / 100 == 2)
             s->messages++;
@@ -822,6 +842,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
             }
         } else {
             s->auth_plain_cont = s->auth_login_user = s->auth_plain_user = false;
+            rl_metrics_auth(s->ctx->metrics, r->code);
             if (r->code == 235)
                 rl_log(RL_LOG_INFO, "%s client authenticated", s->id);
             else
@@ -984,6 +1005,7 @@ session_log_plain_auth(struct rl_session *s, const char *b64, size_t len, bool p
         ulen = z2 ? (size_t)(z2 - u) : 0;
     }
     rl_log_escape(u, ulen, user, sizeof(user));
+    rl_metrics_plaintext_auth(s->ctx->metrics);
     rl_log(RL_LOG_WARN, "%s plaintext AUTH user=\"%s\" client=%s listener=%s", s->id, user,
            rl_conn_peer(s->cl), s->lc->name);
 }
@@ -1415,6 +1437,8 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
         session_close(s, s->cl_state == CL_DATA ? "client closed during DATA" : "client closed");
         break;
     case RL_CONN_ERROR:
+        if (s->cl_state == CL_TLS_ACCEPT)
+            rl_metrics_client_tls_failure(s->ctx->metrics, rl_conn_tls_failure(s->cl));
         snprintf(why, sizeof(why), "client %s: %s",
                  s->cl_state == CL_TLS_ACCEPT ? "TLS handshake failed" : "error",
                  rl_conn_strerror(s->cl, msg, sizeof(msg)));
@@ -1422,6 +1446,7 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
         break;
     case RL_CONN_TIMEOUT:
         if (s->cl_state == CL_TLS_ACCEPT) {
+            rl_metrics_client_tls_failure(s->ctx->metrics, "timeout");
             session_close(s, "client TLS handshake timeout");
         } else if (s->cl_state == CL_DATA && s->up != NULL && rl_conn_write_blocked(s->up)) {
             session_reply_close(s,
@@ -1508,6 +1533,7 @@ session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
     struct rl_session *s = arg;
 
     if (ev == RL_CONN_CLOSED) {
+        rl_metrics_bytes(s->ctx->metrics, c == s->cl, rl_conn_bytes_in(c), rl_conn_bytes_out(c));
         if (c == s->cl) {
             s->cl = NULL;
             s->cl_out.c = NULL;
@@ -1578,6 +1604,8 @@ session_over_limit(struct rl_session *s)
     }
     rl_log(RL_LOG_INFO, "%s refused client=%s listener=%s reason=\"%s\"", s->id,
            rl_conn_peer(s->cl), s->lc->name, why);
+    rl_metrics_refused(s->ctx->metrics, s->lc->name,
+                       same > 0 ? "max_connections_per_ip" : "max_connections");
     if (s->lc->tls == RL_TLS_STARTTLS)
         session_reply_close(s, "421 4.7.0 %s Too many connections, try again later\r\n", why);
     else
@@ -1609,6 +1637,7 @@ rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_
         ctx->sessions->prev = s;
     ctx->sessions = s;
     ctx->nsessions++;
+    rl_metrics_session_start(ctx->metrics, lc->name);
 
     s->cl = rl_conn_new(ctx->loop, session_on_event, s);
     if (s->cl == NULL) {
