@@ -68,17 +68,22 @@ static const char *const metrics_dir_names[] = {"client_in", "client_out", "upst
 static const double metrics_buckets[] = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
 #define METRICS_NBUCKETS (sizeof(metrics_buckets) / sizeof(metrics_buckets[0]))
 
-struct metrics_listener {
-    struct metrics_listener *next;
+/* What listener and upstream entries share, first in both, so that one
+ * function finds or adds either kind. */
+struct metrics_named {
+    struct metrics_named *next;
     char name[METRICS_NAME_MAX + 1];
+};
+
+struct metrics_listener {
+    struct metrics_named n;
     uint64_t connections;
     uint64_t active;
     uint64_t refused[METRICS_REFUSE_COUNT];
 };
 
 struct metrics_upstream {
-    struct metrics_upstream *next;
-    char name[METRICS_NAME_MAX + 1];
+    struct metrics_named n;
     uint64_t connect_failures;
     uint64_t verify_failures;
 };
@@ -91,9 +96,9 @@ struct metrics_cert {
 struct rl_metrics {
     char version[32];
     double started;
-    struct metrics_listener *listeners; /* in the order first seen */
-    struct metrics_upstream *upstreams;
-    struct metrics_cert *certs; /* the running configuration's brands */
+    struct metrics_named *listeners; /* struct metrics_listener, in the order first seen */
+    struct metrics_named *upstreams; /* struct metrics_upstream, likewise */
+    struct metrics_cert *certs;      /* the running configuration's brands */
     size_t ncerts;
 
     uint64_t tls_failures[2][METRICS_TLS_COUNT]; /* [0] client leg, [1] upstream leg */
@@ -130,62 +135,57 @@ rl_metrics_new(const char *version)
     return m;
 }
 
+static void
+metrics_named_free(struct metrics_named *e)
+{
+    while (e != NULL) {
+        struct metrics_named *next = e->next;
+
+        free(e);
+        e = next;
+    }
+}
+
 void
 rl_metrics_free(struct rl_metrics *m)
 {
     if (m == NULL)
         return;
-    while (m->listeners != NULL) {
-        struct metrics_listener *l = m->listeners;
-
-        m->listeners = l->next;
-        free(l);
-    }
-    while (m->upstreams != NULL) {
-        struct metrics_upstream *u = m->upstreams;
-
-        m->upstreams = u->next;
-        free(u);
-    }
+    metrics_named_free(m->listeners);
+    metrics_named_free(m->upstreams);
     free(m->certs);
     free(m);
 }
 
 /* ---- entries by name ---------------------------------------------------- */
 
-/* The entry for name, appended if new; NULL if m is NULL or memory is
- * short (the event is then not counted: counting must never fail a
- * session). */
+/* The entry for name in *list, appended (size bytes, zeroed) if new; NULL
+ * if memory is short: the event is then not counted, since counting must
+ * never fail a session. */
+static void *
+metrics_named(struct metrics_named **list, const char *name, size_t size)
+{
+    if (name == NULL)
+        return NULL;
+    for (; *list != NULL; list = &(*list)->next)
+        if (strcmp((*list)->name, name) == 0)
+            return *list;
+    *list = calloc(1, size);
+    if (*list != NULL)
+        snprintf((*list)->name, sizeof((*list)->name), "%s", name);
+    return *list;
+}
+
 static struct metrics_listener *
 metrics_listener(struct rl_metrics *m, const char *name)
 {
-    struct metrics_listener **pp;
-
-    if (m == NULL || name == NULL)
-        return NULL;
-    for (pp = &m->listeners; *pp != NULL; pp = &(*pp)->next)
-        if (strcmp((*pp)->name, name) == 0)
-            return *pp;
-    *pp = calloc(1, sizeof(**pp));
-    if (*pp != NULL)
-        snprintf((*pp)->name, sizeof((*pp)->name), "%s", name);
-    return *pp;
+    return m == NULL ? NULL : metrics_named(&m->listeners, name, sizeof(struct metrics_listener));
 }
 
 static struct metrics_upstream *
 metrics_upstream(struct rl_metrics *m, const char *name)
 {
-    struct metrics_upstream **pp;
-
-    if (m == NULL || name == NULL)
-        return NULL;
-    for (pp = &m->upstreams; *pp != NULL; pp = &(*pp)->next)
-        if (strcmp((*pp)->name, name) == 0)
-            return *pp;
-    *pp = calloc(1, sizeof(**pp));
-    if (*pp != NULL)
-        snprintf((*pp)->name, sizeof((*pp)->name), "%s", name);
-    return *pp;
+    return m == NULL ? NULL : metrics_named(&m->upstreams, name, sizeof(struct metrics_upstream));
 }
 
 void
@@ -434,43 +434,57 @@ metrics_f64(FILE *out, const char *name, const char *k1, const char *v1, double 
     fputc('\n', out);
 }
 
+/* Entries are walked through their shared head; these give the whole. */
+static const struct metrics_listener *
+metrics_as_listener(const struct metrics_named *e)
+{
+    return (const struct metrics_listener *)e;
+}
+
+static const struct metrics_upstream *
+metrics_as_upstream(const struct metrics_named *e)
+{
+    return (const struct metrics_upstream *)e;
+}
+
 static void
 metrics_render_listeners(const struct rl_metrics *m, FILE *out)
 {
-    const struct metrics_listener *l;
+    const struct metrics_named *e;
 
     rl_metrics_family(out, "relabel_connections_total", "counter",
                       "Client connections accepted, refused ones included.");
-    for (l = m->listeners; l != NULL; l = l->next)
-        metrics_u64(out, "relabel_connections_total", "listener", l->name, NULL, NULL,
-                    l->connections);
+    for (e = m->listeners; e != NULL; e = e->next)
+        metrics_u64(out, "relabel_connections_total", "listener", e->name, NULL, NULL,
+                    metrics_as_listener(e)->connections);
     rl_metrics_family(out, "relabel_sessions_active", "gauge", "Client sessions open now.");
-    for (l = m->listeners; l != NULL; l = l->next)
-        metrics_u64(out, "relabel_sessions_active", "listener", l->name, NULL, NULL, l->active);
+    for (e = m->listeners; e != NULL; e = e->next)
+        metrics_u64(out, "relabel_sessions_active", "listener", e->name, NULL, NULL,
+                    metrics_as_listener(e)->active);
     rl_metrics_family(out, "relabel_connections_refused_total", "counter",
                       "Client connections refused before their session began, by reason.");
-    for (l = m->listeners; l != NULL; l = l->next)
+    for (e = m->listeners; e != NULL; e = e->next)
         for (size_t r = 0; r < METRICS_REFUSE_COUNT; r++)
-            metrics_u64(out, "relabel_connections_refused_total", "listener", l->name, "reason",
-                        metrics_refuse_names[r], l->refused[r]);
+            metrics_u64(out, "relabel_connections_refused_total", "listener", e->name, "reason",
+                        metrics_refuse_names[r], metrics_as_listener(e)->refused[r]);
 }
 
 static void
 metrics_render_upstreams(const struct rl_metrics *m, FILE *out)
 {
-    const struct metrics_upstream *u;
+    const struct metrics_named *e;
 
     rl_metrics_family(out, "relabel_upstream_connect_failures_total", "counter",
                       "Sessions that could not connect to the upstream (resolution or every "
                       "address failed).");
-    for (u = m->upstreams; u != NULL; u = u->next)
-        metrics_u64(out, "relabel_upstream_connect_failures_total", "upstream", u->name, NULL, NULL,
-                    u->connect_failures);
+    for (e = m->upstreams; e != NULL; e = e->next)
+        metrics_u64(out, "relabel_upstream_connect_failures_total", "upstream", e->name, NULL, NULL,
+                    metrics_as_upstream(e)->connect_failures);
     rl_metrics_family(out, "relabel_upstream_verify_failures_total", "counter",
                       "Sessions whose upstream certificate did not verify.");
-    for (u = m->upstreams; u != NULL; u = u->next)
-        metrics_u64(out, "relabel_upstream_verify_failures_total", "upstream", u->name, NULL, NULL,
-                    u->verify_failures);
+    for (e = m->upstreams; e != NULL; e = e->next)
+        metrics_u64(out, "relabel_upstream_verify_failures_total", "upstream", e->name, NULL, NULL,
+                    metrics_as_upstream(e)->verify_failures);
 }
 
 static void
