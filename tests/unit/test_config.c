@@ -1007,6 +1007,10 @@ test_example_config(void **state)
     assert_int_equal(cfg->upstream_timeout_ms, RL_TIMEOUT_UP_REPLY_DEFAULT);
     assert_int_equal(cfg->max_line, RL_SMTP_LINE_DEFAULT);
     assert_int_equal(cfg->max_errors, RL_MAX_ERRORS_DEFAULT);
+    /* No metrics endpoint unless asked for; the documented check timing. */
+    assert_int_equal(cfg->metrics_naddrs, 0);
+    assert_int_equal(cfg->upstream_check_interval_ms, RL_CHECK_INTERVAL_DEFAULT);
+    assert_int_equal(cfg->ready_max_age_ms, RL_READY_MAX_AGE_FACTOR * RL_CHECK_INTERVAL_DEFAULT);
 
     /* All four drop-in ports. */
     assert_int_equal(cfg->nlisteners, 4);
