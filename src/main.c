@@ -193,8 +193,14 @@ main_ready(void *arg, FILE *why)
             fputs("listeners: not listening\n", why);
         ready = false;
     }
-    if (m->probe != NULL && !rl_probe_ready(m->probe, why))
+    if (m->probe == NULL) {
+        /* Only when starting the checks ran out of memory. */
+        if (why != NULL)
+            fputs("upstream checks: not running\n", why);
         ready = false;
+    } else if (!rl_probe_ready(m->probe, why)) {
+        ready = false;
+    }
     return ready;
 }
 

@@ -154,8 +154,9 @@ http_send(struct http_client *cl, int status, const char *type, char *body, size
                  "Cache-Control: no-store\r\n"
                  "Connection: close\r\n\r\n",
                  status, rl_http_reason(status), type, blen, status == 405 ? "Allow: GET\r\n" : "");
-    cl->out = malloc((size_t)n + blen);
-    if (n < 0 || (size_t)n >= sizeof(head) || cl->out == NULL) {
+    if (n > 0 && (size_t)n < sizeof(head))
+        cl->out = malloc((size_t)n + blen);
+    if (cl->out == NULL) {
         free(body);
         http_client_close(cl);
         return;
