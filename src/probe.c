@@ -17,8 +17,8 @@
  * EHLO, 250.  A check succeeds at that last 250: encrypted, verified and
  * answering.  Each wait has a timeout (upstream_connect_timeout for
  * connecting and each handshake, upstream_timeout for each reply, both
- * capped at RL_CHECK_STEP_MAX).  Connection failures move on to the next
- * address, as sessions do; anything after that fails the check.
+ * capped at RL_CHECK_STEP_MAX; name resolution: the next round).  Connection failures move on to
+ * the next address, as sessions do; anything after that fails the check.
  *
  * Never here: mbedTLS (conn.c and tls.c do TLS), sessions, counters of
  * sessions.  Failure texts are the same diagnostics sessions log (reply
@@ -82,6 +82,7 @@ struct probe_run {
     const struct rl_upstream_conf *uc;
     char helo[256];
     unsigned connect_ms, step_ms;
+    uint64_t started; /* uv_now() at the start */
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
     size_t next_addr;
@@ -401,6 +402,7 @@ probe_run_start(struct rl_probe *p, struct probe_target *t)
     run->connect_ms = probe_cap(cfg->upstream_connect_timeout_ms);
     run->step_ms = probe_cap(cfg->upstream_timeout_ms);
     run->st = PROBE_RESOLVE;
+    run->started = uv_now(p->loop);
     t->run = run;
     run->resolve = rl_upstream_resolve(p->loop, run->uc, probe_on_resolved, run, &err);
     if (run->resolve == NULL)
@@ -409,14 +411,28 @@ probe_run_start(struct rl_probe *p, struct probe_target *t)
 
 /* ---- the probe -------------------------------------------------------------- */
 
+/* A round: every target without a check in progress gets one.  Name
+ * resolution runs on libuv's thread pool without a timeout of its own; one
+ * still unanswered when a round comes after upstream_connect_timeout fails
+ * here, so that no wait is unbounded (past resolution a check has a timer
+ * at every step). */
 static void
 probe_on_timer(uv_timer_t *timer)
 {
     struct rl_probe *p = timer->data;
+    char why[PROBE_WHY_MAX];
 
-    for (size_t i = 0; i < p->ntargets; i++)
+    for (size_t i = 0; i < p->ntargets; i++) {
+        struct probe_run *run = p->targets[i].run;
+
+        if (run != NULL && run->st == PROBE_RESOLVE &&
+            uv_now(p->loop) - run->started >= run->connect_ms) {
+            snprintf(why, sizeof(why), "cannot resolve %s: no answer", run->uc->host);
+            probe_finish(run, false, why);
+        }
         if (p->targets[i].run == NULL)
             probe_run_start(p, &p->targets[i]);
+    }
 }
 
 static bool
