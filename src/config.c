@@ -74,16 +74,16 @@ enum config_stype {
     CONFIG_S_LISTENER,
     CONFIG_S_BRAND,
     CONFIG_S_UPSTREAM,
+    CONFIG_S_METRICS,
 };
 
 static const struct {
     const char *name;
     bool named;
 } config_stypes[] = {
-    [CONFIG_S_RELABEL] = {"relabel", false},
-    [CONFIG_S_LISTENER] = {"listener", true},
-    [CONFIG_S_BRAND] = {"brand", true},
-    [CONFIG_S_UPSTREAM] = {"upstream", true},
+    [CONFIG_S_RELABEL] = {"relabel", false}, [CONFIG_S_LISTENER] = {"listener", true},
+    [CONFIG_S_BRAND] = {"brand", true},      [CONFIG_S_UPSTREAM] = {"upstream", true},
+    [CONFIG_S_METRICS] = {"metrics", false},
 };
 
 struct config_list {
@@ -153,11 +153,18 @@ struct config_raw_upstream {
     struct config_list hide;
 };
 
+struct config_raw_metrics {
+    struct config_addrs listen;
+    int64_t upstream_check_interval;
+    int64_t ready_max_age;
+};
+
 union config_raw {
     struct config_raw_relabel relabel;
     struct config_raw_listener listener;
     struct config_raw_brand brand;
     struct config_raw_upstream upstream;
+    struct config_raw_metrics metrics;
 };
 
 /* Names accepted by an enumerated key, with the value stored for each. */
@@ -321,6 +328,9 @@ enum config_dindex {
     CONFIG_D_HELO_NAME,
     CONFIG_D_MAX_MESSAGE_SIZE,
     CONFIG_D_HIDE,
+    CONFIG_D_METRICS_LISTEN,
+    CONFIG_D_CHECK_INTERVAL,
+    CONFIG_D_READY_MAX_AGE,
     CONFIG_D_COUNT
 };
 
@@ -332,6 +342,7 @@ enum config_dindex {
 #define CONFIG_L(k, fn) CONFIG_DIRECTIVE(CONFIG_S_LISTENER, config_raw_listener, k, fn)
 #define CONFIG_B(k, fn) CONFIG_DIRECTIVE(CONFIG_S_BRAND, config_raw_brand, k, fn)
 #define CONFIG_U(k, fn) CONFIG_DIRECTIVE(CONFIG_S_UPSTREAM, config_raw_upstream, k, fn)
+#define CONFIG_M(k, fn) CONFIG_DIRECTIVE(CONFIG_S_METRICS, config_raw_metrics, k, fn)
 #define CONFIG_TIMEOUT(k)                                                                          \
     {                                                                                              \
         CONFIG_R(k, config_parse_duration), .min = CONFIG_SEC_MS, .max = 3600 * CONFIG_SEC_MS      \
@@ -396,6 +407,12 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_MAX_MESSAGE_SIZE] = {CONFIG_U(max_message_size, config_parse_size), .min = 0,
                                    .max = CONFIG_SIZE_MAX},
     [CONFIG_D_HIDE] = {CONFIG_U(hide, config_parse_list), .empty_ok = true},
+
+    [CONFIG_D_METRICS_LISTEN] = {CONFIG_M(listen, config_parse_listen)},
+    [CONFIG_D_CHECK_INTERVAL] = {CONFIG_M(upstream_check_interval, config_parse_duration),
+                                 .min = CONFIG_SEC_MS, .max = 3600 * CONFIG_SEC_MS},
+    [CONFIG_D_READY_MAX_AGE] = {CONFIG_M(ready_max_age, config_parse_duration),
+                                .min = CONFIG_SEC_MS, .max = 24 * 3600 * CONFIG_SEC_MS},
 };
 
 struct config_section {
@@ -1081,6 +1098,9 @@ config_raw_init(struct config_section *sec)
         u->preset = u->port = u->tls = u->max_message_size = CONFIG_UNSET;
         break;
     }
+    case CONFIG_S_METRICS:
+        sec->raw.metrics.upstream_check_interval = sec->raw.metrics.ready_max_age = CONFIG_UNSET;
+        break;
     }
 }
 
@@ -1112,6 +1132,9 @@ config_raw_free(struct config_section *sec)
         free(sec->raw.upstream.ca_file);
         free(sec->raw.upstream.helo_name);
         config_list_free(&sec->raw.upstream.hide);
+        break;
+    case CONFIG_S_METRICS:
+        free(sec->raw.metrics.listen.items);
         break;
     }
 }
@@ -1176,7 +1199,7 @@ config_section_begin(struct config_ctx *ctx, char *s)
     if (type < 0) {
         config_error(ctx, ctx->lineno,
                      "unknown section type [%s] (expected [relabel], [listener \"NAME\"], "
-                     "[brand \"NAME\"] or [upstream \"NAME\"])",
+                     "[brand \"NAME\"], [upstream \"NAME\"] or [metrics])",
                      inner);
         return;
     }
@@ -1745,6 +1768,68 @@ config_build_listeners(struct config_ctx *ctx, struct rl_config *cfg)
     }
 }
 
+/*
+ * [metrics]: the HTTP endpoint's addresses (none: no endpoint and no
+ * upstream checks) and the timing of the checks behind /readyz.  An address
+ * may not be one an SMTP listener uses, and the checks must come at least
+ * as often as readiness expects a fresh success.
+ */
+static void
+config_build_metrics(struct config_ctx *ctx, struct rl_config *cfg)
+{
+    const struct config_section *sec = config_find_section(ctx, CONFIG_S_METRICS, NULL);
+    const struct config_raw_metrics *r;
+    int64_t interval, max_age;
+
+    cfg->upstream_check_interval_ms = RL_CHECK_INTERVAL_DEFAULT;
+    cfg->ready_max_age_ms = RL_READY_MAX_AGE_FACTOR * RL_CHECK_INTERVAL_DEFAULT;
+    if (sec == NULL)
+        return;
+    r = &sec->raw.metrics;
+    interval = config_merge(r->upstream_check_interval, RL_CHECK_INTERVAL_DEFAULT);
+    max_age = config_merge(r->ready_max_age, RL_READY_MAX_AGE_FACTOR * interval);
+    cfg->upstream_check_interval_ms = (unsigned)interval;
+    cfg->ready_max_age_ms = (unsigned)max_age;
+    if (max_age < interval)
+        config_error(ctx,
+                     sec->key_lines[CONFIG_D_READY_MAX_AGE]
+                         ? sec->key_lines[CONFIG_D_READY_MAX_AGE]
+                         : sec->key_lines[CONFIG_D_CHECK_INTERVAL],
+                     "ready_max_age is shorter than upstream_check_interval: readiness would be "
+                     "lost between two checks");
+
+    cfg->metrics_listen_line = sec->key_lines[CONFIG_D_METRICS_LISTEN];
+    if (r->listen.n == 0)
+        return;
+    cfg->metrics_addrs = config_calloc(ctx, r->listen.n, sizeof(*cfg->metrics_addrs));
+    if (cfg->metrics_addrs == NULL)
+        return;
+    for (size_t i = 0; i < r->listen.n; i++) {
+        const struct rl_addr *a = &r->listen.items[i];
+        bool clash = false;
+
+        for (size_t j = 0; j < cfg->metrics_naddrs && !clash; j++) {
+            clash = config_addr_conflict(a, &cfg->metrics_addrs[j]) != 0;
+            if (clash)
+                config_error(ctx, cfg->metrics_listen_line, "%s overlaps %s of [metrics]", a->text,
+                             cfg->metrics_addrs[j].text);
+        }
+        for (size_t l = 0; l < cfg->nlisteners && !clash; l++) {
+            const struct rl_listener_conf *lc = &cfg->listeners[l];
+
+            for (size_t j = 0; j < lc->naddrs && !clash; j++) {
+                clash = config_addr_conflict(a, &lc->addrs[j]) != 0;
+                if (clash)
+                    config_error(ctx, cfg->metrics_listen_line,
+                                 "%s overlaps %s of listener \"%s\" (line %d)", a->text,
+                                 lc->addrs[j].text, lc->name, lc->listen_line);
+            }
+        }
+        if (!clash)
+            cfg->metrics_addrs[cfg->metrics_naddrs++] = *a;
+    }
+}
+
 /* ---- public ------------------------------------------------------------------- */
 
 static void
@@ -1775,6 +1860,7 @@ config_free(struct rl_config *cfg)
         rl_cidr_list_free(&cfg->listeners[i].deny);
     }
     free(cfg->listeners);
+    free(cfg->metrics_addrs);
     for (size_t i = 0; cfg->brands != NULL && i < cfg->nbrands; i++) {
         free(cfg->brands[i].name);
         free(cfg->brands[i].hostname);
@@ -1847,6 +1933,7 @@ rl_config_load(const char *path, FILE *err, struct rl_config **out)
         config_merge_relabel(&ctx, config_find_section(&ctx, CONFIG_S_RELABEL, NULL), cfg);
         config_build_upstreams_brands(&ctx, cfg);
         config_build_listeners(&ctx, cfg);
+        config_build_metrics(&ctx, cfg);
     }
 
     nproblems = (int)ctx.nerrors + (ctx.oom ? 1 : 0);

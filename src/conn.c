@@ -108,8 +108,12 @@ conn_on_close(uv_handle_t *h)
 
     if (--c->handles > 0)
         return;
-    conn_emit(c, RL_CONN_CLOSED);
+    /* The engine goes first: mbedtls_ssl_free() still reads the TLS
+     * configuration, which the owner may release in its CLOSED callback
+     * (the last session of a snapshot replaced by a reload). */
     rl_tls_free(c->tls);
+    c->tls = NULL;
+    conn_emit(c, RL_CONN_CLOSED);
     rl_buf_free(&c->in);
     rl_buf_free(&c->out);
     rl_buf_free(&c->inflight);
@@ -664,6 +668,19 @@ rl_conn_strerror(const struct rl_conn *c, char *buf, size_t len)
         return rl_tls_strerror(c->tls, buf, len);
     snprintf(buf, len, "%s", rl_strerror(c->err));
     return buf;
+}
+
+const char *
+rl_conn_tls_failure(const struct rl_conn *c)
+{
+    if (c->err == 0)
+        return "timeout";
+    if (c->err == RL_E_TLS && c->tls != NULL)
+        return rl_tls_failure_class(c->tls);
+    if (c->err == RL_E_TLS_TRUNCATED || c->err == RL_E_TLS_EOF || c->err == UV_ECONNRESET ||
+        c->err == UV_EPIPE || c->err == UV_EOF)
+        return "closed";
+    return "protocol";
 }
 
 const char *

@@ -1,7 +1,7 @@
 /*
  * main.c - the composition root: command line, configuration, TLS
- * snapshot, listeners, privilege drop, signals and the shutdown order.
- * No protocol work happens here.
+ * snapshot, listeners, the metrics endpoint and upstream checks, privilege
+ * drop, signals and the shutdown order.  No protocol work happens here.
  */
 #define _GNU_SOURCE /* setresuid, setresgid */
 #include <errno.h>
@@ -21,6 +21,9 @@
 #include "relabel/log.h"
 #include "relabel/proxy.h"
 #include "relabel/ratelimit.h"
+#include "relabel/metrics.h"
+#include "relabel/metrics_http.h"
+#include "relabel/probe.h"
 #include "relabel/session.h"
 #include "relabel/snapshot.h"
 #include "version.h"
@@ -36,6 +39,8 @@ struct main_state {
     struct rl_ctx ctx;
     const char *path;
     struct rl_listeners *listeners;
+    struct rl_metrics_http *http; /* NULL: no [metrics] listen */
+    struct rl_probe *probe;       /* upstream checks; only with the endpoint */
     uv_signal_t sigint;
     uv_signal_t sigterm;
     uv_signal_t sighup;
@@ -150,6 +155,15 @@ main_print_summary(const struct rl_config *cfg)
             printf(", max message %llu bytes", (unsigned long long)u->max_message_size);
         printf("\n");
     }
+    if (cfg->metrics_naddrs > 0) {
+        printf("  metrics: HTTP (no authentication) on");
+        for (size_t j = 0; j < cfg->metrics_naddrs; j++)
+            printf("%s %s", j ? "," : "", cfg->metrics_addrs[j].text);
+        printf(", upstream checks every %gs, ready while the last success is at most %gs old\n",
+               cfg->upstream_check_interval_ms / 1e3, cfg->ready_max_age_ms / 1e3);
+    } else {
+        printf("  metrics: off (no [metrics] listen)\n");
+    }
     for (size_t i = 0; i < cfg->nbrands; i++)
         main_check_key(cfg, &cfg->brands[i]);
 }
@@ -198,6 +212,115 @@ main_drop_privileges(const struct rl_config *cfg)
 
 static void main_watch_update(struct main_state *m);
 
+/* ---- metrics endpoint and upstream checks ------------------------------ */
+
+/* /readyz: listening, not draining, and every upstream in use checked
+ * recently enough.  Reasons go to why (may be NULL), one per line. */
+static bool
+main_ready(void *arg, FILE *why)
+{
+    struct main_state *m = arg;
+    bool ready = true;
+
+    if (m->ctx.stopping) {
+        if (why != NULL)
+            fputs("draining: relabel is shutting down\n", why);
+        return false;
+    }
+    if (m->listeners == NULL) {
+        if (why != NULL)
+            fputs("listeners: not listening\n", why);
+        ready = false;
+    }
+    if (m->probe == NULL) {
+        /* Only when starting the checks ran out of memory. */
+        if (why != NULL)
+            fputs("upstream checks: not running\n", why);
+        ready = false;
+    } else if (!rl_probe_ready(m->probe, why)) {
+        ready = false;
+    }
+    return ready;
+}
+
+static void
+main_metrics_body(void *arg, FILE *out)
+{
+    struct main_state *m = arg;
+
+    rl_metrics_render(m->ctx.metrics, main_ready(m, NULL), out);
+    if (m->probe != NULL)
+        rl_probe_render(m->probe, out);
+}
+
+/* Binds the [metrics] addresses of snap that are new (see
+ * rl_metrics_http_prepare); the caller then commits or rolls back. */
+static int
+main_metrics_prepare(struct main_state *m, const struct rl_snapshot *snap, FILE *err)
+{
+    const struct rl_config *cfg = snap->cfg;
+    const struct rl_metrics_http_ops ops = {main_metrics_body, main_ready, m};
+
+    if (m->http == NULL && cfg->metrics_naddrs > 0) {
+        m->http = rl_metrics_http_new(m->ctx.loop, &ops);
+        if (m->http == NULL) {
+            fprintf(err, "%s: [metrics] out of memory\n", cfg->path);
+            return -1;
+        }
+    }
+    if (m->http == NULL)
+        return 0;
+    return rl_metrics_http_prepare(m->http, cfg->metrics_addrs, cfg->metrics_naddrs, cfg->path,
+                                   cfg->metrics_listen_line, err);
+}
+
+/* Forgets what main_metrics_prepare() bound: `running` is the
+ * configuration that stays. */
+static void
+main_metrics_rollback(struct main_state *m, const struct rl_config *running)
+{
+    if (m->http == NULL)
+        return;
+    rl_metrics_http_rollback(m->http);
+    if (running == NULL || running->metrics_naddrs == 0) {
+        rl_metrics_http_close(m->http);
+        m->http = NULL;
+    }
+}
+
+/* snap is now the running snapshot: the endpoint keeps only its
+ * addresses, the checks follow its upstreams (and run only while there is
+ * an endpoint to show them), the counters learn its names and brand
+ * certificates. */
+static void
+main_metrics_commit(struct main_state *m, struct rl_snapshot *snap)
+{
+    const struct rl_config *cfg = snap->cfg;
+    double *not_after = calloc(cfg->nbrands + 1, sizeof(*not_after));
+
+    if (m->http != NULL) {
+        rl_metrics_http_commit(m->http);
+        if (cfg->metrics_naddrs == 0) {
+            rl_metrics_http_close(m->http);
+            m->http = NULL;
+        }
+    }
+    if (cfg->metrics_naddrs > 0 && m->probe == NULL)
+        m->probe = rl_probe_start(m->ctx.loop, snap);
+    else if (cfg->metrics_naddrs > 0)
+        rl_probe_update(m->probe, snap);
+    else if (m->probe != NULL) {
+        rl_probe_stop(m->probe);
+        m->probe = NULL;
+    }
+    if (not_after != NULL) {
+        for (size_t i = 0; i < cfg->nbrands; i++)
+            not_after[i] = rl_tls_conf_not_after(snap->brand_tls[i]);
+        rl_metrics_configure(m->ctx.metrics, cfg, not_after);
+        free(not_after);
+    }
+}
+
 /* Logs every line a failed load printed. */
 static void
 main_log_problems(const char *text, size_t len)
@@ -231,13 +354,20 @@ main_reload(struct main_state *m, const char *reason)
 
     if (err == NULL) {
         rl_log(RL_LOG_ERROR, "reload failed reason=\"%s\": %s", reason, strerror(errno));
+        rl_metrics_reload(m->ctx.metrics, false, rl_metrics_now());
         return;
     }
     if (rl_config_load(m->path, err, &cfg) == 0) {
         snap = rl_snapshot_build(cfg, err, NULL);
         rl_config_unref(cfg);
     }
+    if (snap != NULL && main_metrics_prepare(m, snap, err) < 0) {
+        main_metrics_rollback(m, m->ctx.snap->cfg);
+        rl_snapshot_unref(snap);
+        snap = NULL;
+    }
     if (snap != NULL && rl_listeners_update(m->listeners, snap, err) < 0) {
+        main_metrics_rollback(m, m->ctx.snap->cfg);
         rl_snapshot_unref(snap);
         snap = NULL;
     }
@@ -246,6 +376,7 @@ main_reload(struct main_state *m, const char *reason)
         main_log_problems(text, len);
         rl_log(RL_LOG_ERROR, "reload failed reason=\"%s\": the running configuration is kept",
                reason);
+        rl_metrics_reload(m->ctx.metrics, false, rl_metrics_now());
         free(text);
         return;
     }
@@ -253,6 +384,8 @@ main_reload(struct main_state *m, const char *reason)
     old = m->ctx.snap;
     m->ctx.snap = snap;
     rl_snapshot_unref(old);
+    main_metrics_commit(m, snap);
+    rl_metrics_reload(m->ctx.metrics, true, rl_metrics_now());
     rl_log_setup(snap->cfg->log_level, snap->cfg->log_format == RL_LOG_JSON);
     main_watch_update(m);
     rl_log(RL_LOG_INFO, "reload ok reason=\"%s\" config=%s listeners=%zu brands=%zu", reason,
@@ -428,6 +561,14 @@ main_on_signal(uv_signal_t *sig, int signum)
         rl_listeners_close(m->listeners);
         m->listeners = NULL;
     }
+    /* /readyz answers 503 from now on, so orchestrators stop sending; the
+     * endpoint stays up but no longer keeps the loop alive. */
+    if (m->probe != NULL) {
+        rl_probe_stop(m->probe);
+        m->probe = NULL;
+    }
+    if (m->http != NULL)
+        rl_metrics_http_unref(m->http);
     main_watch_clear(m);
     uv_timer_stop(&m->debounce);
     uv_unref((uv_handle_t *)&m->sigint);
@@ -503,6 +644,12 @@ main(int argc, char **argv)
     m.path = path;
     m.ctx.loop = &loop;
     m.ctx.snap = snap;
+    m.ctx.metrics = rl_metrics_new(RELABEL_VERSION);
+    if (m.ctx.metrics == NULL) {
+        fprintf(stderr, "relabel: out of memory\n");
+        rl_snapshot_unref(snap);
+        return 1;
+    }
     if (uv_random(NULL, NULL, &m.ctx.id_seed, sizeof(m.ctx.id_seed), 0, NULL) < 0)
         m.ctx.id_seed = (uint64_t)getpid() * 0x100000001b3ULL ^ (uint64_t)uv_hrtime();
     /* Allocated once, whatever the rate, so a reload can turn it on. */
@@ -511,19 +658,25 @@ main(int argc, char **argv)
         rl_log(RL_LOG_ERROR, "cannot allocate the connection rate table: out of memory");
         uv_loop_close(&loop);
         rl_snapshot_unref(snap);
+        rl_metrics_free(m.ctx.metrics);
         return 1;
     }
 
     rc = rl_listeners_open(&m.ctx, snap, stderr, &m.listeners);
+    if (rc == 0)
+        rc = main_metrics_prepare(&m, snap, stderr);
     if (rc < 0 || main_drop_privileges(snap->cfg) < 0) {
         if (m.listeners != NULL)
             rl_listeners_close(m.listeners);
+        main_metrics_rollback(&m, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         rl_snapshot_unref(snap);
         rl_ratelimit_free(m.ctx.rate);
+        rl_metrics_free(m.ctx.metrics);
         return 1;
     }
+    main_metrics_commit(&m, snap);
 
     uv_signal_init(&loop, &m.sigint);
     uv_signal_init(&loop, &m.sigterm);
@@ -544,6 +697,10 @@ main(int argc, char **argv)
     /* Every session has ended: close what is left and let the close
      * callbacks run, so the loop closes with nothing open. */
     main_watch_clear(&m);
+    if (m.probe != NULL)
+        rl_probe_stop(m.probe);
+    if (m.http != NULL)
+        rl_metrics_http_close(m.http);
     uv_close((uv_handle_t *)&m.sigint, NULL);
     uv_close((uv_handle_t *)&m.sigterm, NULL);
     uv_close((uv_handle_t *)&m.sighup, NULL);
@@ -556,6 +713,7 @@ main(int argc, char **argv)
     rl_snapshot_unref(m.ctx.snap);
     m.ctx.snap = NULL;
     rl_ratelimit_free(m.ctx.rate);
+    rl_metrics_free(m.ctx.metrics);
     rl_log(RL_LOG_INFO, "relabel stopped");
     return rc == 0 ? 0 : 1;
 }

@@ -46,6 +46,7 @@
 #include "relabel/log.h"
 #include "relabel/proxy.h"
 #include "relabel/ratelimit.h"
+#include "relabel/metrics.h"
 #include "relabel/session.h"
 #include "relabel/smtp.h"
 #include "relabel/snapshot.h"
@@ -587,6 +588,8 @@ session_close(struct rl_session *s, const char *why)
     bool mid_message = s->cl_state == CL_DATA || s->data_abort;
 
     s->closing = true;
+    if (mid_message)
+        rl_metrics_message(s->ctx->metrics, 0);
     snprintf(s->reason, sizeof(s->reason), "%s", why);
     if (s->up != NULL && s->up_state == UP_READY && !mid_message && s->fifo_len == 0 &&
         !s->quit_sent)
@@ -634,6 +637,8 @@ session_free(struct rl_session *s)
         s->next->prev = s->prev;
     ctx->nsessions--;
     session_up_release(s);
+    rl_metrics_session_end(ctx->metrics, s->lc->name,
+                           (double)(session_now_ms(s) - s->started_ms) / 1e3);
     rl_buf_free(&s->cl_out.b);
     rl_buf_free(&s->up_out.b);
     rl_snapshot_unref(s->snap);
@@ -641,6 +646,19 @@ session_free(struct rl_session *s)
 }
 
 /* ---- upstream failures ---------------------------------------------- */
+
+/* Counts a failure to reach or verify the upstream, by the state it
+ * happened in.  Later failures (a lost connection) are not counted here. */
+static void
+session_count_up_fail(struct rl_session *s)
+{
+    struct rl_metrics *m = s->ctx->metrics;
+
+    if (s->up_state == UP_RESOLVE || s->up_state == UP_CONNECT)
+        rl_metrics_upstream_connect_failure(m, s->uc->name);
+    else if ((s->up_state == UP_TLS || s->up_state == UP_TLS2) && s->up != NULL)
+        rl_metrics_upstream_tls_failure(m, s->uc->name, rl_conn_tls_failure(s->up));
+}
 
 /*
  * The upstream leg is gone or never came up.  The client learns it with a
@@ -657,6 +675,7 @@ session_up_fail(struct rl_session *s, const char *reply, const char *what)
     snprintf(why, sizeof(why), "upstream: %s", what);
     rl_log(RL_LOG_WARN, "%s upstream failed state=%s host=%s reason=\"%s\"", s->id,
            up_state_names[s->up_state], s->uc->host, what);
+    session_count_up_fail(s);
     session_enter_up(s, UP_FAILED);
     s->fail_reply = reply;
     session_up_release(s);
@@ -738,6 +757,7 @@ session_up_start(struct rl_session *s)
     if (max != 0 && s->ctx->nupstreams >= max) {
         snprintf(why, sizeof(why), "too many upstream connections (max_upstream_connections=%u)",
                  max);
+        rl_metrics_refused(s->ctx->metrics, s->lc->name, "max_upstream_connections");
         session_up_fail(s, REPLY_UP_BUSY, why);
         return;
     }
@@ -947,6 +967,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
 
     if (e.kind == P_EOD) {
         s->in_tx = false;
+        rl_metrics_message(s->ctx->metrics, r->code);
         session_log_message(s, r, p);
         if (r->code / 100 == 2) {
             s->messages++;
@@ -969,6 +990,7 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
             }
         } else {
             s->auth_plain_cont = s->auth_login_user = s->auth_plain_user = false;
+            rl_metrics_auth(s->ctx->metrics, r->code);
             if (r->code == 235)
                 rl_log(RL_LOG_INFO, "%s client authenticated", s->id);
             else
@@ -1131,6 +1153,7 @@ session_log_plain_auth(struct rl_session *s, const char *b64, size_t len, bool p
         ulen = z2 ? (size_t)(z2 - u) : 0;
     }
     rl_log_escape(u, ulen, user, sizeof(user));
+    rl_metrics_plaintext_auth(s->ctx->metrics);
     rl_log(RL_LOG_WARN, "%s plaintext AUTH user=\"%s\" client=%s listener=%s", s->id, user,
            s->cl_peer, s->lc->name);
 }
@@ -1612,6 +1635,8 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
                                                    : "client closed");
         break;
     case RL_CONN_ERROR:
+        if (s->cl_state == CL_TLS_ACCEPT)
+            rl_metrics_client_tls_failure(s->ctx->metrics, rl_conn_tls_failure(s->cl));
         snprintf(why, sizeof(why), "client %s: %s",
                  s->cl_state == CL_TLS_ACCEPT ? "TLS handshake failed" : "error",
                  rl_conn_strerror(s->cl, msg, sizeof(msg)));
@@ -1619,8 +1644,10 @@ session_client_event(struct rl_session *s, enum rl_conn_event ev)
         break;
     case RL_CONN_TIMEOUT:
         if (s->cl_state == CL_PROXY) {
+            rl_metrics_refused(s->ctx->metrics, s->lc->name, "proxy");
             session_close(s, "no PROXY header within handshake_timeout");
         } else if (s->cl_state == CL_TLS_ACCEPT) {
+            rl_metrics_client_tls_failure(s->ctx->metrics, "timeout");
             session_close(s, "client TLS handshake timeout");
         } else if (s->cl_state == CL_DATA && s->up != NULL && rl_conn_write_blocked(s->up)) {
             session_reply_close(s,
@@ -1715,6 +1742,7 @@ session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
     struct rl_session *s = arg;
 
     if (ev == RL_CONN_CLOSED) {
+        rl_metrics_bytes(s->ctx->metrics, c == s->cl, rl_conn_bytes_in(c), rl_conn_bytes_out(c));
         if (c == s->cl) {
             s->cl = NULL;
             s->cl_out.c = NULL;
@@ -1745,10 +1773,11 @@ session_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
  * reply, an implicit TLS one closes (a plaintext reply means nothing to a
  * client waiting for a handshake). */
 static void
-session_refuse(struct rl_session *s, const char *reply, const char *why)
+session_refuse(struct rl_session *s, const char *reply, const char *why, const char *metric)
 {
     rl_log(RL_LOG_INFO, "%s refused client=%s listener=%s reason=\"%s\"", s->id, s->cl_peer,
            s->lc->name, why);
+    rl_metrics_refused(s->ctx->metrics, s->lc->name, metric);
     if (s->lc->tls == RL_TLS_STARTTLS)
         session_reply_close(s, reply, why);
     else
@@ -1771,18 +1800,18 @@ session_refused(struct rl_session *s)
 
     if (hit != NULL) {
         snprintf(why, sizeof(why), "denied by deny %s", rl_cidr_text(hit, net, sizeof(net)));
-        session_refuse(s, REPLY_DENIED, why);
+        session_refuse(s, REPLY_DENIED, why, "denied");
         return true;
     }
     if (lc->allow.n > 0 && rl_cidr_list_match(&lc->allow, &s->cl_ip) == NULL) {
-        session_refuse(s, REPLY_DENIED, "denied by allow (no network matches)");
+        session_refuse(s, REPLY_DENIED, "denied by allow (no network matches)", "denied");
         return true;
     }
     if (s->ctx->rate != NULL &&
         !rl_ratelimit_allow(s->ctx->rate, &s->cl_ip, rate, session_now_ms(s))) {
         snprintf(why, sizeof(why), "too many new connections (max_connection_rate=%u per minute)",
                  rate);
-        session_refuse(s, REPLY_TOO_MANY, why);
+        session_refuse(s, REPLY_TOO_MANY, why, "rate");
         return true;
     }
     return false;
@@ -1813,7 +1842,9 @@ session_over_limit(struct rl_session *s)
         snprintf(why, sizeof(why), "too many connections from %s (max_connections_per_ip=%u)",
                  s->cl_peer, cfg->max_connections_per_ip);
     }
-    session_refuse(s, REPLY_TOO_MANY, why);
+    session_refuse(s, REPLY_TOO_MANY, why,
+                   same > cfg->max_connections_per_ip ? "max_connections_per_ip"
+                                                      : "max_connections");
     return true;
 }
 
@@ -1903,6 +1934,7 @@ session_client_proxy(struct rl_session *s)
                s->proxy_via, s->lc->name, why,
                rl_log_escape(rl_buf_data(in), rl_buf_len(in) < 16 ? rl_buf_len(in) : 16, start,
                              sizeof(start)));
+        rl_metrics_refused(s->ctx->metrics, s->lc->name, "proxy");
         session_close(s, why);
         return;
     }
@@ -1937,6 +1969,7 @@ session_proxy_begin(struct rl_session *s)
         snprintf(why, sizeof(why), "not a trusted PROXY protocol source (proxy_trusted)");
         rl_log(RL_LOG_INFO, "%s refused client=%s listener=%s reason=\"%s\"", s->id, s->cl_peer,
                s->lc->name, why);
+        rl_metrics_refused(s->ctx->metrics, s->lc->name, "proxy");
         session_close(s, why);
         return;
     }
@@ -1969,6 +2002,7 @@ rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_
         ctx->sessions->prev = s;
     ctx->sessions = s;
     ctx->nsessions++;
+    rl_metrics_session_start(ctx->metrics, lc->name);
 
     s->cl = rl_conn_new(ctx->loop, session_on_event, s);
     if (s->cl == NULL) {

@@ -238,14 +238,11 @@ tls_format_time(const mbedtls_x509_time *tm, char *out, size_t cap)
              tm->min, tm->sec);
 }
 
-/* Whole days from now until `tm` (UTC), rounded down, so an expired
- * certificate gives a negative number even on the day it expired. */
-static long
-tls_days_until(const mbedtls_x509_time *tm)
+/* A certificate time (UTC) as seconds since the epoch. */
+static time_t
+tls_epoch(const mbedtls_x509_time *tm)
 {
     struct tm when;
-    time_t then, now = time(NULL);
-    double secs;
 
     memset(&when, 0, sizeof when);
     when.tm_year = tm->year - 1900;
@@ -254,8 +251,16 @@ tls_days_until(const mbedtls_x509_time *tm)
     when.tm_hour = tm->hour;
     when.tm_min = tm->min;
     when.tm_sec = tm->sec;
-    then = timegm(&when);
-    secs = difftime(then, now);
+    return timegm(&when);
+}
+
+/* Whole days from now until `tm` (UTC), rounded down, so an expired
+ * certificate gives a negative number even on the day it expired. */
+static long
+tls_days_until(const mbedtls_x509_time *tm)
+{
+    double secs = difftime(tls_epoch(tm), time(NULL));
+
     if (secs >= 0)
         return (long)(secs / 86400);
     return -(long)((-secs + 86399) / 86400);
@@ -643,6 +648,14 @@ rl_tls_conf_describe(const struct rl_tls_conf *conf, char *out, size_t cap)
     tls_append(out, cap, &len, "%s notAfter=%s days_left=%ld chain=%d%s", names, when, days, n,
                days < 0 ? " EXPIRED" : "");
     return days;
+}
+
+double
+rl_tls_conf_not_after(const struct rl_tls_conf *conf)
+{
+    if (!conf->server || conf->certs.version == 0)
+        return 0;
+    return (double)tls_epoch(&conf->certs.valid_to);
 }
 
 /* ---- the engine -------------------------------------------------------- */
@@ -1116,6 +1129,22 @@ tls_verify_text(const struct rl_tls *t, char *buf, size_t len)
     }
     if (sep[0] == '\0')
         tls_append(buf, len, &n, "flags 0x%05x", (unsigned)flags);
+}
+
+const char *
+rl_tls_failure_class(const struct rl_tls *t)
+{
+    switch (t->err) {
+    case MBEDTLS_ERR_X509_CERT_VERIFY_FAILED:
+        return "verify";
+    case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
+        return "alert";
+    case MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY:
+    case MBEDTLS_ERR_SSL_CONN_EOF:
+        return "closed";
+    default:
+        return "protocol";
+    }
 }
 
 const char *

@@ -108,6 +108,13 @@ struct rl_config {
     size_t nbrands;
     struct rl_upstream_conf *upstreams; /* sections and presets in use */
     size_t nupstreams;
+
+    /* [metrics] */
+    struct rl_addr *metrics_addrs; /* none: no HTTP endpoint and no upstream checks */
+    size_t metrics_naddrs;
+    int metrics_listen_line;
+    unsigned upstream_check_interval_ms; /* deep check of each upstream in use */
+    unsigned ready_max_age_ms;           /* /readyz: how recent a successful check must be */
 };
 
 /*

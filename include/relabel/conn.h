@@ -120,6 +120,12 @@ bool rl_conn_closing(const struct rl_conn *c);
 int rl_conn_error(const struct rl_conn *c);
 const char *rl_conn_strerror(const struct rl_conn *c, char *buf, size_t len);
 
+/* Why the TLS handshake on this conn failed, one word for counting (see
+ * rl_tls_failure_class()): the peer's closing or resetting the TCP
+ * connection is "closed"; no error recorded yet (the owner gave up
+ * waiting) is "timeout". */
+const char *rl_conn_tls_failure(const struct rl_conn *c);
+
 /* "ip:port" of the peer. */
 const char *rl_conn_peer(const struct rl_conn *c);
 /* The peer's address (family AF_UNSPEC if unknown). */

@@ -66,6 +66,22 @@
  * (certbot and Kubernetes write several files in a row). */
 #define RL_WATCH_DEBOUNCE_DEFAULT 2000
 
+/* Upstream checks behind /readyz: how often each upstream in use is
+ * checked, and how recent its last success must be (three intervals by
+ * default, so that one failed check alone does not take relabel out of
+ * rotation).  A check never waits longer than RL_CHECK_STEP_MAX for one
+ * step, whatever upstream_connect_timeout and upstream_timeout say. */
+#define RL_CHECK_INTERVAL_DEFAULT 30000
+#define RL_READY_MAX_AGE_FACTOR 3
+#define RL_CHECK_STEP_MAX 30000
+
+/* The metrics endpoint (HTTP/1.x): clients served at once (more are closed
+ * at accept), the largest request head, and how long a client may take to
+ * send its request and then to read the answer. */
+#define RL_HTTP_CLIENTS_MAX 16
+#define RL_HTTP_HEAD_MAX 4096
+#define RL_HTTP_TIMEOUT 5000
+
 /* Buffers.  `in` holds plaintext waiting for the session; `out` is capped
  * softly by the high-water mark: above it the session stops reading the
  * other leg until the write queue falls below the low-water mark. */

@@ -53,6 +53,10 @@ void rl_tls_conf_free(struct rl_tls_conf *conf);
  * (negative if expired) and fills out. */
 long rl_tls_conf_describe(const struct rl_tls_conf *conf, char *out, size_t cap);
 
+/* The server certificate's notAfter in seconds since the epoch (0 for a
+ * client configuration). */
+double rl_tls_conf_not_after(const struct rl_tls_conf *conf);
+
 /*
  * A new engine.  Server engines take `hostname` = NULL.  Client engines must
  * be given the name to send as SNI and to check the peer certificate
@@ -114,5 +118,11 @@ const char *rl_tls_sni(const struct rl_tls *t);
  * name mismatch, unknown CA, ...). */
 int rl_tls_error(const struct rl_tls *t);
 const char *rl_tls_strerror(const struct rl_tls *t, char *buf, size_t len);
+
+/* The kind of failure that ended the engine, one word for counting:
+ * "verify" (the peer's certificate), "alert" (the peer sent a fatal
+ * alert), "closed" (the peer closed during the handshake) or "protocol"
+ * (anything else). */
+const char *rl_tls_failure_class(const struct rl_tls *t);
 
 #endif

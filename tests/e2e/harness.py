@@ -315,7 +315,8 @@ class _UpController(Controller):
 
 
 class AioUpstream:
-    """A Mailgun look-alike on 127.0.0.1: tls = "implicit" or "starttls"."""
+    """A Mailgun look-alike on 127.0.0.1: tls = "implicit" or "starttls".
+    port: a port to reuse (e.g. to restart an upstream with another certificate)."""
 
     def __init__(self, certs, tls="implicit", cert="upstream", data_delay=0.0, port=None):
         assert tls in ("implicit", "starttls")
@@ -347,8 +348,9 @@ class AioUpstream:
         return self
 
     def stop(self):
-        """Stops the server; a second call (the fixture's teardown) does nothing."""
-        if self.controller._thread is not None:
+        """Stops the server; again does nothing (a test may stop it before teardown)."""
+        if not getattr(self, "stopped", False):
+            self.stopped = True
             self.controller.stop()
 
     @property
@@ -930,11 +932,12 @@ class ConfigText:
 
 
 def relabel_config(certs, upstream_port, upstream_tls, ports, relabel_opts=None,
-                   listener_opts=None, brand_opts=None, upstream_opts=None):
+                   listener_opts=None, brand_opts=None, upstream_opts=None, metrics_opts=None):
     """
     The standard test config: listener "smtps" (implicit) on ports["smtps"],
     listener "submission" (starttls) on ports["submission"], brand "example",
-    upstream "test" on 127.0.0.1:upstream_port.  *_opts override or add keys
+    upstream "test" on 127.0.0.1:upstream_port, and with metrics_opts a
+    [metrics] section of exactly those keys.  *_opts override or add keys
     (None as a value removes a key).  Returns a ConfigText.
     """
     relabel = {"log_level": "debug", "command_timeout": "5s", "data_timeout": "5s",
@@ -959,6 +962,8 @@ def relabel_config(certs, upstream_port, upstream_tls, ports, relabel_opts=None,
         cfg.section(f'[listener "{name}"]', opts)
     cfg.section('[brand "example"]', brand)
     cfg.section('[upstream "test"]', up)
+    if metrics_opts is not None:
+        cfg.section("[metrics]", metrics_opts)
     return cfg
 
 

@@ -45,6 +45,7 @@ max_len_of() {
     config) echo 8192 ;;
     smtp_cmd | smtp_reply | smtp_data) echo 4096 ;;
     smtp_ehlo) echo 2048 ;;
+    http) echo 8192 ;; # twice the endpoint's head cap: the cap is hit too
     session) echo 8192 ;;
     *) echo 4096 ;;
     esac

@@ -563,7 +563,7 @@ test_err_unknown_section(void **state)
     EXPECT_FAIL(BRAND_OK "[frontend \"x\"]\n"
                          "listen = 1.2.3.4:25\n",
                 "5: unknown section type [frontend] (expected [relabel], [listener \"NAME\"], "
-                "[brand \"NAME\"] or [upstream \"NAME\"])");
+                "[brand \"NAME\"], [upstream \"NAME\"] or [metrics])");
 }
 
 static void
@@ -1004,7 +1004,80 @@ test_several_errors(void **state)
                   "of an [upstream \"NAME\"] section)",
                   "11: [upstream \"x\"] needs host (or preset = mailgun-us)",
                   "12: unknown section type [oops] (expected [relabel], [listener \"NAME\"], "
-                  "[brand \"NAME\"] or [upstream \"NAME\"])");
+                  "[brand \"NAME\"], [upstream \"NAME\"] or [metrics])");
+}
+
+/* ---- [metrics] ------------------------------------------------------------------- */
+
+static void
+test_metrics_section(void **state)
+{
+    struct rl_config *cfg = NULL;
+
+    (void)state;
+    /* Absent: no endpoint, the documented timing. */
+    assert_int_equal(load_text("[listener l]\nlisten = 127.0.0.1:25\n" BRAND_OK, &cfg), 0);
+    assert_int_equal(cfg->metrics_naddrs, 0);
+    assert_int_equal(cfg->upstream_check_interval_ms, RL_CHECK_INTERVAL_DEFAULT);
+    assert_int_equal(cfg->ready_max_age_ms, RL_READY_MAX_AGE_FACTOR * RL_CHECK_INTERVAL_DEFAULT);
+    rl_config_unref(cfg);
+
+    /* ready_max_age follows the interval unless given. */
+    assert_int_equal(load_text("[metrics]\n"
+                               "listen = 127.0.0.1:9465, [::1]:9465\n"
+                               "upstream_check_interval = 10s\n"
+                               "[listener l]\nlisten = 127.0.0.1:25\n" BRAND_OK,
+                               &cfg),
+                     0);
+    assert_string_equal(errtext, "");
+    assert_int_equal(cfg->metrics_naddrs, 2);
+    assert_string_equal(cfg->metrics_addrs[0].text, "127.0.0.1:9465");
+    assert_string_equal(cfg->metrics_addrs[1].text, "[::1]:9465");
+    assert_int_equal(cfg->metrics_listen_line, 2);
+    assert_int_equal(cfg->upstream_check_interval_ms, 10000);
+    assert_int_equal(cfg->ready_max_age_ms, 30000);
+    rl_config_unref(cfg);
+
+    assert_int_equal(load_text("[metrics]\n"
+                               "upstream_check_interval = 1s\n"
+                               "ready_max_age = 2500ms\n"
+                               "[listener l]\nlisten = 127.0.0.1:25\n" BRAND_OK,
+                               &cfg),
+                     0);
+    assert_int_equal(cfg->metrics_naddrs, 0);
+    assert_int_equal(cfg->upstream_check_interval_ms, 1000);
+    assert_int_equal(cfg->ready_max_age_ms, 2500);
+    rl_config_unref(cfg);
+}
+
+static void
+test_err_metrics_section(void **state)
+{
+    (void)state;
+    EXPECT_FAIL("[metrics]\n"
+                "listen = 127.0.0.1:25, 127.0.0.1:9465, localhost:9465\n"
+                "upstream_check_interval = 0s\n"
+                "ready_max_age = 2d\n"
+                "wait = 1s\n"
+                "[listener l]\nlisten = *:25\n" BRAND_OK,
+                "2: invalid listen address \"localhost:9465\" (expected IPV4:PORT, [IPV6]:PORT "
+                "or *:PORT, such as 0.0.0.0:465, [::1]:587 or *:25; no host names)",
+                "3: invalid upstream_check_interval \"0s\" (expected a duration from 1s to 1h, "
+                "such as 30s, 1500ms, 5m or 1h; a plain number is seconds)",
+                "4: invalid ready_max_age \"2d\" (expected a duration from 1s to 24h, such as "
+                "30s, 1500ms, 5m or 1h; a plain number is seconds)",
+                "5: unknown key \"wait\" in [metrics]");
+    EXPECT_FAIL("[metrics]\n"
+                "listen = 127.0.0.1:25, 127.0.0.1:9465, 0.0.0.0:9465\n"
+                "upstream_check_interval = 1m\n"
+                "ready_max_age = 30s\n"
+                "[listener l]\nlisten = *:25\n" BRAND_OK,
+                "2: 127.0.0.1:25 overlaps 0.0.0.0:25 of listener \"l\" (line 6)",
+                "2: 0.0.0.0:9465 overlaps 127.0.0.1:9465 of [metrics]",
+                "4: ready_max_age is shorter than upstream_check_interval: readiness would be "
+                "lost between two checks");
+    EXPECT_FAIL("[metrics \"m\"]\nlisten = 127.0.0.1:9465\n" BRAND_OK,
+                "1: [metrics] takes no name");
 }
 
 /* ---- the shipped example ----------------------------------------------------- */
@@ -1051,6 +1124,10 @@ test_example_config(void **state)
     assert_int_equal(cfg->upstream_timeout_ms, RL_TIMEOUT_UP_REPLY_DEFAULT);
     assert_int_equal(cfg->max_line, RL_SMTP_LINE_DEFAULT);
     assert_int_equal(cfg->max_errors, RL_MAX_ERRORS_DEFAULT);
+    /* No metrics endpoint unless asked for; the documented check timing. */
+    assert_int_equal(cfg->metrics_naddrs, 0);
+    assert_int_equal(cfg->upstream_check_interval_ms, RL_CHECK_INTERVAL_DEFAULT);
+    assert_int_equal(cfg->ready_max_age_ms, RL_READY_MAX_AGE_FACTOR * RL_CHECK_INTERVAL_DEFAULT);
 
     /* All four drop-in ports. */
     assert_int_equal(cfg->nlisteners, 4);
@@ -1173,6 +1250,8 @@ main(void)
         cmocka_unit_test(test_proxy_and_access),
         cmocka_unit_test(test_err_proxy_and_access),
         cmocka_unit_test(test_several_errors),
+        cmocka_unit_test(test_metrics_section),
+        cmocka_unit_test(test_err_metrics_section),
         cmocka_unit_test(test_example_config),
         cmocka_unit_test(test_example_custom_upstream),
         cmocka_unit_test(test_refcount),

@@ -514,6 +514,12 @@ rl_conn_strerror(const struct rl_conn *c, char *buf, size_t len)
 }
 
 const char *
+rl_conn_tls_failure(const struct rl_conn *c)
+{
+    return c->err == 0 ? "timeout" : "protocol";
+}
+
+const char *
 rl_conn_peer(const struct rl_conn *c)
 {
     return c->peer;
