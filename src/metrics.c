@@ -102,6 +102,7 @@ struct rl_metrics {
     size_t ncerts;
 
     uint64_t tls_failures[2][METRICS_TLS_COUNT]; /* [0] client leg, [1] upstream leg */
+    uint64_t handshakes[2][2];                   /* [leg][resumed] */
     uint64_t messages[4];
     uint64_t bytes[4];
     uint64_t auth_ok, auth_failed, plaintext_auth;
@@ -298,6 +299,13 @@ rl_metrics_plaintext_auth(struct rl_metrics *m)
 {
     if (m != NULL)
         m->plaintext_auth++;
+}
+
+void
+rl_metrics_handshake(struct rl_metrics *m, bool upstream, bool resumed)
+{
+    if (m != NULL)
+        m->handshakes[upstream][resumed]++;
 }
 
 static void
@@ -525,6 +533,13 @@ rl_metrics_render(const struct rl_metrics *m, bool ready, FILE *out)
     metrics_render_listeners(m, out);
     metrics_render_histogram(m, out);
 
+    rl_metrics_family(out, "relabel_tls_handshakes_total", "counter",
+                      "TLS handshakes that finished, by leg and whether a session was resumed.");
+    for (int leg = 0; leg < 2; leg++)
+        for (int res = 0; res < 2; res++)
+            metrics_u64(out, "relabel_tls_handshakes_total", "leg",
+                        leg == 0 ? "client" : "upstream", "resumed", res ? "yes" : "no",
+                        m->handshakes[leg][res]);
     rl_metrics_family(out, "relabel_tls_handshake_failures_total", "counter",
                       "TLS handshakes that failed, by leg and reason.");
     for (int leg = 0; leg < 2; leg++)

@@ -804,6 +804,7 @@ session_up_ready(struct rl_session *s)
     snprintf(s->up_tls, sizeof(s->up_tls), "%s", rl_tls_version(t));
     snprintf(s->up_cipher, sizeof(s->up_cipher), "%s", rl_tls_cipher(t));
     s->up_resumed = rl_tls_resumed(t);
+    rl_metrics_handshake(s->ctx->metrics, true, s->up_resumed);
     session_enter_up(s, UP_READY);
     rl_conn_set_timeout(s->up, 0);
     rl_log(RL_LOG_DEBUG, "%s upstream ready peer=%s tls=%s cipher=%s", s->id, rl_conn_peer(s->up),
@@ -1577,6 +1578,7 @@ session_client_tls_ready(struct rl_session *s)
 
     s->cl_tls = true;
     s->relay = true;
+    rl_metrics_handshake(s->ctx->metrics, false, rl_tls_resumed(t));
     rl_log(RL_LOG_DEBUG, "%s client TLS %s %s sni=%s", s->id, rl_tls_version(t), rl_tls_cipher(t),
            sni ? rl_log_escape(sni, strlen(sni), esc, sizeof(esc)) : "-");
     if (s->cl_state == CL_TLS_ACCEPT && s->lc->tls == RL_TLS_IMPLICIT) {

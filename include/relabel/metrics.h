@@ -83,6 +83,8 @@ void rl_metrics_message(struct rl_metrics *m, int code);
  * client leg (require_tls = no). */
 void rl_metrics_auth(struct rl_metrics *m, int code);
 void rl_metrics_plaintext_auth(struct rl_metrics *m);
+/* A finished TLS handshake on the client or the upstream leg. */
+void rl_metrics_handshake(struct rl_metrics *m, bool upstream, bool resumed);
 
 /* Handshake failures; reason: see RL_METRICS_TLS_REASON_MAP (others count
  * as "protocol").  On the upstream leg "verify" also counts in

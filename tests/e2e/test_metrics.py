@@ -486,7 +486,8 @@ def test_readyz_503_while_draining(start, client_ctx):
     assert c.auth_plain().code == 235
     assert c.cmd("MAIL FROM:<a@example.net>").code == 250
     os.kill(rl.pid, signal.SIGTERM)
-    rl.wait_log(r"draining")
+    # (not just "draining": the test's own name is in the config path)
+    rl.wait_log(r"received \w+, draining")
     status, body = readyz(port)
     assert status == 503 and "draining" in body, (status, body)
     assert scrape(port).get("relabel_ready") == 0
@@ -598,3 +599,38 @@ def test_check_shows_the_metrics_endpoint(certs, relabel_binary, tmp_path):
     listen_line = cfg.line_of("[metrics]", "listen")
     assert f"{path}:{listen_line}: 127.0.0.1:2001 overlaps 127.0.0.1:2001 of listener" in out, out
     assert f"{path}:{cfg.line_of('[metrics]', 'ready_max_age')}: ready_max_age is shorter" in out
+
+
+def test_refusal_reasons_deny_and_rate(start, client_ctx):
+    """A deny rule and the per-address rate are counted under their own
+    reasons, on the listener that refused."""
+    rl, up, port = start(relabel_opts={"max_connection_rate": "2"},
+                         listener_opts={"smtps": {"deny": "127.0.0.9/32"}})
+    s = socket.create_connection((h.LOCALHOST, rl.ports["smtps"]), timeout=h.TIMEOUT,
+                                 source_address=("127.0.0.9", 0))
+    assert s.recv(1) == b""  # closed at once, before any TLS
+    s.close()
+    wait_sample(port, "relabel_connections_refused_total", 1, listener="smtps", reason="denied")
+    clients = [h.Client(rl.ports["submission"], client_ctx) for _ in range(3)]
+    assert [c.greeting.code for c in clients] == [220, 220, 421]
+    for c in clients:
+        c.close()
+    s = wait_sample(port, "relabel_connections_refused_total", 1, listener="submission",
+                    reason="rate")
+    assert s.get("relabel_connections_refused_total", listener="submission",
+                 reason="denied") == 0
+
+
+def test_handshakes_counted_with_resumption(start, client_ctx):
+    """Three mails: at most the first upstream handshake is a full one (the
+    upstream check may have made it already: it shares the saved session);
+    the client (smtplib, no session reuse) always does a full one."""
+    rl, up, port = start()
+    for _ in range(3):
+        send_mail(rl, client_ctx)
+    s = idle(port)
+    full = s.get("relabel_tls_handshakes_total", leg="upstream", resumed="no")
+    assert full in (0, 1)
+    assert s.get("relabel_tls_handshakes_total", leg="upstream", resumed="yes") == 3 - full
+    assert s.get("relabel_tls_handshakes_total", leg="client", resumed="no") == 3
+    assert s.get("relabel_tls_handshakes_total", leg="client", resumed="yes") == 0
