@@ -44,7 +44,8 @@
     X(EHLO)                                                                                        \
     X(STARTTLS)                                                                                    \
     X(TLS2)                                                                                        \
-    X(EHLO2)
+    X(EHLO2)                                                                                       \
+    X(QUIT)
 
 enum probe_state {
 #define PROBE_ENUM(name) PROBE_##name,
@@ -121,14 +122,12 @@ probe_run_free(struct probe_run *run)
 /* Ends the run with its result (once): the target learns it, the
  * connection goes (politely after a success), and the run frees itself as
  * soon as no connection of it is left. */
+/* Records the check's result on its target, once. */
 static void
-probe_finish(struct probe_run *run, bool ok, const char *why)
+probe_report(struct probe_run *run, bool ok, const char *why)
 {
     struct probe_target *t = run->t;
 
-    if (run->done)
-        return;
-    run->done = true;
     if (t != NULL) {
         bool was = t->checked ? t->ok : true;
 
@@ -150,6 +149,15 @@ probe_finish(struct probe_run *run, bool ok, const char *why)
         }
         run->t = NULL;
     }
+}
+
+static void
+probe_finish(struct probe_run *run, bool ok, const char *why)
+{
+    if (run->done)
+        return;
+    run->done = true;
+    probe_report(run, ok, why);
     if (run->resolve != NULL) {
         rl_upstream_cancel(run->resolve);
         run->resolve = NULL;
@@ -238,11 +246,18 @@ probe_reply(struct probe_run *run, const struct rl_smtp_reply *r, const char *p)
             probe_start_tls(run, PROBE_TLS2);
         return false;
     case PROBE_EHLO2:
-        /* Encrypted, verified and answering: the check succeeded. */
+        /* Encrypted, verified and answering: the check succeeded.  QUIT
+         * then, and its reply is waited for (briefly), so the upstream
+         * sees a whole, polite dialogue rather than a QUIT cut off by our
+         * close. */
+        probe_report(run, true, NULL);
         if (rl_conn_write(run->c, "QUIT\r\n", 6) < 0)
-            probe_finish(run, false, "write failed");
-        else
             probe_finish(run, true, NULL);
+        else
+            run->st = PROBE_QUIT;
+        return false;
+    case PROBE_QUIT:
+        probe_finish(run, true, NULL);
         return false;
     default:
         snprintf(why, sizeof(why), "unexpected reply %d in state %s", r->code,
@@ -325,6 +340,10 @@ probe_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
             snprintf(msg, sizeof(msg), "connection closed");
         else
             rl_conn_strerror(c, msg, sizeof(msg));
+        if (run->st == PROBE_QUIT) {
+            probe_finish(run, true, NULL); /* reported already */
+            break;
+        }
         if (run->st == PROBE_CONNECT) {
             snprintf(run->why, sizeof(run->why), "connect to %s: %s", rl_conn_peer(c), msg);
             probe_next_addr(run);
