@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build_pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libmbedtls-dev libinih-dev
-            openssl ca-certificates)
+            openssl ca-certificates scdoc)
 test_pkgs=(libcmocka-dev python3 python3-pytest python3-aiosmtpd swaks curl msmtp testssl.sh valgrind clang libclang-rt-14-dev clang-format cppcheck
            prometheus)
 
