@@ -28,7 +28,7 @@ check() {
 
 echo "== format"
 clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c tests/fuzz/*.c \
-    tests/fuzz/session/*.c tests/fuzz/*.h tests/fuzz/session/*.h bench/*.c
+    tests/fuzz/session/*.c tests/fuzz/*.h tests/fuzz/session/*.h bench/*.c deploy/container/*.c
 rc=$?; [ $rc = 0 ] || echo "clang-format: sources are not formatted"
 check format $rc
 
