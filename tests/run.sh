@@ -58,6 +58,11 @@ for variant in build build-asan; do
         --junitxml="$results/e2e-$variant.xml" || status=1
 done
 
+# Once per run, not per build: these make their own builds (an install
+# into a DESTDIR, the container image) from the sources.
+echo "== deploy: container image, Kubernetes manifests, systemd unit, install, man pages"
+$py -m pytest tests/deploy -q -p no:cacheprovider --junitxml="$results/deploy.xml" || status=1
+
 echo "== fuzzing (${FUZZ_SECONDS:-30}s per target)"
 tests/fuzz/run.sh >"$results/fuzz.log" 2>&1
 fuzz_rc=$?
