@@ -12,7 +12,8 @@
 # and `podman build` needs no network: the test does not depend on a
 # container reaching a mirror.  A base is tagged with a hash of its recipe
 # and kept in the test's storage (storage.conf), so it is made once and
-# reused by later builds until the recipe changes or it is a week old.
+# reused by later builds until the recipe changes or it is a week old;
+# then it is made again (security updates) and the old one removed.
 #
 # Podman runs with this directory's containers.conf and storage.conf (see
 # them for why).  Prints timings, then, as its last line, the image size
@@ -85,13 +86,23 @@ make_base() {
         exit 1
     fi
     echo "base $ref: made in $((SECONDS - start))s" >&2
-    # Older recipes of this base are of no further use.
-    podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$name" |
-        grep -vxF "$ref" | xargs -r podman rmi -f >/dev/null 2>&1 || true
     echo "$ref"
 }
 
+# Bases of other recipes (another branch may still use them) are removed
+# once they are as old as a base may get.
+prune_bases() {
+    local ref created now
+    now=$(date +%s)
+    for ref in $(podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$1"); do
+        created=$(podman image inspect --format '{{.Created.Unix}}' "$ref" 2>/dev/null) || continue
+        [ $((now - created)) -lt $max_age ] || podman rmi -f "$ref" >/dev/null 2>&1 || true
+    done
+}
+
 mkdir -p /var/tmp/relabel-podman
+prune_bases relabel-build-base
+prune_bases relabel-base
 build_base=$(make_base relabel-build-base "$build_pkgs")
 runtime_base=$(make_base relabel-base "$runtime_pkgs")
 
