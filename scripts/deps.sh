@@ -5,9 +5,12 @@
 set -euo pipefail
 
 build_pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libmbedtls-dev libinih-dev
-            openssl ca-certificates)
+            openssl ca-certificates scdoc)
 test_pkgs=(libcmocka-dev python3 python3-pytest python3-aiosmtpd swaks curl msmtp testssl.sh valgrind clang libclang-rt-14-dev clang-format cppcheck
-           prometheus)
+           prometheus
+           # tests/deploy: the container image (podman with runc, base images
+           # from mmdebstrap), manifests, the systemd unit, man pages
+           podman runc mmdebstrap python3-yaml systemd man-db)
 
 pkgs=("${build_pkgs[@]}")
 [ "${1:-}" = test ] && pkgs+=("${test_pkgs[@]}")

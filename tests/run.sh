@@ -28,7 +28,7 @@ check() {
 
 echo "== format"
 clang-format --dry-run --Werror src/*.c include/relabel/*.h tests/unit/*.c tests/fuzz/*.c \
-    tests/fuzz/session/*.c tests/fuzz/*.h tests/fuzz/session/*.h bench/*.c
+    tests/fuzz/session/*.c tests/fuzz/*.h tests/fuzz/session/*.h bench/*.c deploy/container/*.c
 rc=$?; [ $rc = 0 ] || echo "clang-format: sources are not formatted"
 check format $rc
 
@@ -57,6 +57,11 @@ for variant in build build-asan; do
     RELABEL_SANITIZED=$sanitized RELABEL_BIN="$root/$variant/relabel" $py -m pytest tests/e2e -q -p no:cacheprovider \
         --junitxml="$results/e2e-$variant.xml" || status=1
 done
+
+# Once per run, not per build: these make their own builds (an install
+# into a DESTDIR, the container image) from the sources.
+echo "== deploy: container image, Kubernetes manifests, systemd unit, install, man pages"
+$py -m pytest tests/deploy -q -p no:cacheprovider --junitxml="$results/deploy.xml" || status=1
 
 echo "== fuzzing (${FUZZ_SECONDS:-30}s per target)"
 tests/fuzz/run.sh >"$results/fuzz.log" 2>&1
