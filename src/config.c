@@ -115,6 +115,7 @@ struct config_raw_relabel {
     int64_t max_connections_per_ip;
     int64_t max_upstream_connections;
     int64_t max_connection_rate;
+    int64_t workers;
     int64_t bare_newline;
 };
 
@@ -253,6 +254,8 @@ struct config_directive {
 
 static bool config_parse_string(struct config_ctx *, const struct config_directive *, const char *,
                                 void *);
+static bool config_parse_workers(struct config_ctx *, const struct config_directive *, const char *,
+                                 void *);
 static bool config_parse_banner(struct config_ctx *, const struct config_directive *, const char *,
                                 void *);
 static bool config_parse_ref(struct config_ctx *, const struct config_directive *, const char *,
@@ -306,6 +309,7 @@ enum config_dindex {
     CONFIG_D_MAX_CONNECTIONS_PER_IP,
     CONFIG_D_MAX_UPSTREAM_CONNECTIONS,
     CONFIG_D_MAX_CONNECTION_RATE,
+    CONFIG_D_WORKERS,
     CONFIG_D_BARE_NEWLINE,
     CONFIG_D_LISTEN,
     CONFIG_D_LISTENER_TLS,
@@ -379,6 +383,7 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
                                            .min = 0, .max = 1000000},
     [CONFIG_D_MAX_CONNECTION_RATE] = {CONFIG_R(max_connection_rate, config_parse_number), .min = 0,
                                       .max = 1000000},
+    [CONFIG_D_WORKERS] = {CONFIG_R(workers, config_parse_workers), .min = 1, .max = RL_WORKERS_MAX},
     [CONFIG_D_BARE_NEWLINE] = {CONFIG_R(bare_newline, config_parse_enum),
                                .names = config_names_bare_newline},
 
@@ -807,6 +812,28 @@ config_parse_number(struct config_ctx *ctx, const struct config_directive *d, co
     return true;
 }
 
+/* "auto" (stored as 0: one per CPU, decided at start) or a number. */
+static bool
+config_parse_workers(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                     void *field)
+{
+    int64_t *dst = field, v;
+    const char *p = value;
+
+    if (strcasecmp(value, "auto") == 0) {
+        *dst = 0;
+        return true;
+    }
+    if (!config_digits(&p, INT64_MAX / 2, &v) || *p != '\0' || v < d->min || v > d->max) {
+        config_error(ctx, ctx->lineno,
+                     "invalid %s \"%s\" (expected auto or a number from %lld to %lld)", d->key,
+                     value, (long long)d->min, (long long)d->max);
+        return false;
+    }
+    *dst = v;
+    return true;
+}
+
 /* "30", "30s", "500ms", "5m", "1h"; a plain number is seconds.  Stored in
  * milliseconds, range-checked against d->min..d->max (milliseconds). */
 static bool
@@ -1084,6 +1111,7 @@ config_raw_init(struct config_section *sec)
         r->drain_timeout = r->watch_debounce = CONFIG_UNSET;
         r->max_line = r->max_errors = r->max_junk_commands = CONFIG_UNSET;
         r->max_connections = r->max_connections_per_ip = r->max_connection_rate = CONFIG_UNSET;
+        r->workers = CONFIG_UNSET;
         break;
     }
     case CONFIG_S_LISTENER:
@@ -1419,6 +1447,7 @@ config_merge_relabel(struct config_ctx *ctx, struct config_section *sec, struct 
     cfg->max_upstream_connections = (unsigned)config_merge(r->max_upstream_connections, 0);
     cfg->max_connection_rate =
         (unsigned)config_merge(r->max_connection_rate, RL_MAX_CONNECTION_RATE_DEFAULT);
+    cfg->workers = (unsigned)config_merge(r->workers, 0);
     cfg->max_errors = (unsigned)config_merge(r->max_errors, RL_MAX_ERRORS_DEFAULT);
     cfg->max_junk_commands =
         (unsigned)config_merge(r->max_junk_commands, RL_MAX_JUNK_COMMANDS_DEFAULT);
@@ -1928,7 +1957,7 @@ rl_config_load(const char *path, FILE *err, struct rl_config **out)
 
     cfg = config_calloc(&ctx, 1, sizeof(*cfg));
     if (cfg != NULL) {
-        cfg->refs = 1;
+        atomic_init(&cfg->refs, 1);
         cfg->path = config_strdup(&ctx, path);
         config_merge_relabel(&ctx, config_find_section(&ctx, CONFIG_S_RELABEL, NULL), cfg);
         config_build_upstreams_brands(&ctx, cfg);
@@ -1952,13 +1981,13 @@ struct rl_config *
 rl_config_ref(struct rl_config *cfg)
 {
     if (cfg != NULL)
-        cfg->refs++;
+        atomic_fetch_add_explicit(&cfg->refs, 1, memory_order_relaxed);
     return cfg;
 }
 
 void
 rl_config_unref(struct rl_config *cfg)
 {
-    if (cfg != NULL && --cfg->refs == 0)
+    if (cfg != NULL && atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) == 1)
         config_free(cfg);
 }

@@ -8,8 +8,10 @@
  * sockets are bound v6-only so that "0.0.0.0:465, [::]:465" works on every
  * system.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "relabel/errors.h"
 #include "relabel/listener.h"
@@ -31,6 +33,9 @@ struct listener_sock {
 struct rl_listeners {
     struct rl_ctx *ctx;
     struct listener_sock *socks;
+    struct listener_sock *fresh; /* prepared, not yet committed */
+    struct rl_snapshot *pending; /* the snapshot they were prepared for */
+    bool reuseport;              /* several workers listen on each address */
 };
 
 static void
@@ -85,9 +90,25 @@ listener_adopt(struct listener_sock *ls, struct rl_snapshot *snap,
     rl_snapshot_unref(old);
 }
 
+/* Several workers listen on one address, each with its own socket: the
+ * kernel spreads new connections over them (SO_REUSEPORT, which libuv has
+ * no flag for, so it is set before binding). */
+static int
+listener_reuseport(uv_tcp_t *tcp)
+{
+    uv_os_fd_t fd;
+    int one = 1;
+
+    if (uv_fileno((uv_handle_t *)tcp, &fd) < 0)
+        return UV_EBADF;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+        return uv_translate_sys_error(errno);
+    return 0;
+}
+
 /* Binds one address; NULL (reason printed) on failure. */
 static struct listener_sock *
-listener_bind(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_listener_conf *lc,
+listener_bind(struct rl_listeners *set, struct rl_snapshot *snap, const struct rl_listener_conf *lc,
               const struct rl_addr *addr, FILE *err)
 {
     const struct sockaddr *sa = (const struct sockaddr *)&addr->ss;
@@ -100,12 +121,14 @@ listener_bind(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_list
         fprintf(err, "%s: listener \"%s\": out of memory\n", cfg->path, lc->name);
         return NULL;
     }
-    uv_tcp_init(ctx->loop, &ls->tcp);
+    uv_tcp_init_ex(set->ctx->loop, &ls->tcp, sa->sa_family);
     ls->tcp.data = ls;
-    ls->ctx = ctx;
+    ls->ctx = set->ctx;
     snprintf(ls->text, sizeof(ls->text), "%s", addr->text);
     listener_adopt(ls, snap, lc, addr);
-    rc = uv_tcp_bind(&ls->tcp, sa, flags);
+    rc = set->reuseport ? listener_reuseport(&ls->tcp) : 0;
+    if (rc == 0)
+        rc = uv_tcp_bind(&ls->tcp, sa, flags);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&ls->tcp, LISTENER_BACKLOG, listener_on_connection);
     if (rc < 0) {
@@ -140,14 +163,13 @@ listener_take(struct listener_sock **list, const struct rl_addr *addr)
 }
 
 int
-rl_listeners_update(struct rl_listeners *set, struct rl_snapshot *snap, FILE *err)
+rl_listeners_prepare(struct rl_listeners *set, struct rl_snapshot *snap, FILE *err)
 {
     const struct rl_config *cfg = snap->cfg;
-    struct listener_sock *kept = NULL, *fresh = NULL, *old = set->socks;
-    int rc = 0;
+    struct listener_sock *fresh = NULL, *old = set->socks;
 
-    /* First bind what is new, without touching what runs. */
-    for (size_t i = 0; i < cfg->nlisteners && rc == 0; i++) {
+    /* Bind what is new, without touching what runs. */
+    for (size_t i = 0; i < cfg->nlisteners; i++) {
         const struct rl_listener_conf *lc = &cfg->listeners[i];
 
         for (size_t j = 0; j < lc->naddrs; j++) {
@@ -158,20 +180,37 @@ rl_listeners_update(struct rl_listeners *set, struct rl_snapshot *snap, FILE *er
                 exists = strcmp(ls->text, lc->addrs[j].text) == 0;
             if (exists)
                 continue;
-            ls = listener_bind(set->ctx, snap, lc, &lc->addrs[j], err);
+            ls = listener_bind(set, snap, lc, &lc->addrs[j], err);
             if (ls == NULL) {
-                rc = RL_E_CONFIG;
-                break;
+                listener_close_list(fresh);
+                return RL_E_CONFIG;
             }
             ls->next = fresh;
             fresh = ls;
         }
     }
-    if (rc < 0) {
-        listener_close_list(fresh);
-        return rc;
-    }
-    /* Then move every kept socket to the new settings, close the rest. */
+    set->fresh = fresh;
+    set->pending = rl_snapshot_ref(snap);
+    return 0;
+}
+
+void
+rl_listeners_rollback(struct rl_listeners *set)
+{
+    listener_close_list(set->fresh);
+    set->fresh = NULL;
+    rl_snapshot_unref(set->pending);
+    set->pending = NULL;
+}
+
+void
+rl_listeners_commit(struct rl_listeners *set)
+{
+    struct rl_snapshot *snap = set->pending;
+    const struct rl_config *cfg = snap->cfg;
+    struct listener_sock *kept = NULL, *fresh = set->fresh, *old = set->socks;
+
+    /* Move every kept socket to the new settings, close the rest. */
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const struct rl_listener_conf *lc = &cfg->listeners[i];
 
@@ -194,11 +233,23 @@ rl_listeners_update(struct rl_listeners *set, struct rl_snapshot *snap, FILE *er
         fresh = next;
     }
     set->socks = kept;
-    return 0;
+    set->fresh = NULL;
+    set->pending = NULL;
+    rl_snapshot_unref(snap);
 }
 
 int
-rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, FILE *err,
+rl_listeners_update(struct rl_listeners *set, struct rl_snapshot *snap, FILE *err)
+{
+    int rc = rl_listeners_prepare(set, snap, err);
+
+    if (rc == 0)
+        rl_listeners_commit(set);
+    return rc;
+}
+
+int
+rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, bool reuseport, FILE *err,
                   struct rl_listeners **out)
 {
     struct rl_listeners *set = calloc(1, sizeof(*set));
@@ -207,6 +258,7 @@ rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, FILE *err,
     if (set == NULL)
         return RL_E_NOMEM;
     set->ctx = ctx;
+    set->reuseport = reuseport;
     rc = rl_listeners_update(set, snap, err);
     if (rc < 0) {
         free(set);
@@ -219,6 +271,8 @@ rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, FILE *err,
 void
 rl_listeners_close(struct rl_listeners *set)
 {
+    if (set->pending != NULL)
+        rl_listeners_rollback(set);
     listener_close_list(set->socks);
     free(set);
 }

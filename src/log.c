@@ -11,8 +11,9 @@
 
 #include "relabel/log.h"
 
-int rl_log_level_current = RL_LOG_INFO;
-static int log_json;
+/* Set by the main thread (start, reload), read by every worker. */
+_Atomic int rl_log_level_current = RL_LOG_INFO;
+static _Atomic int log_json;
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 

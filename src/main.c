@@ -26,6 +26,7 @@
 #include "relabel/probe.h"
 #include "relabel/session.h"
 #include "relabel/snapshot.h"
+#include "relabel/worker.h"
 #include "version.h"
 
 /* One watched directory (of a certificate, key or CA file). */
@@ -36,9 +37,12 @@ struct main_watch {
 };
 
 struct main_state {
-    struct rl_ctx ctx;
+    struct rl_ctx ctx; /* the main thread's: no sessions of its own */
+    struct rl_shared shared;
     const char *path;
-    struct rl_listeners *listeners;
+    struct rl_workers *pool;    /* the worker threads */
+    struct rl_workers *workers; /* the same, NULL once told to stop */
+    unsigned nworkers;
     struct rl_metrics_http *http; /* NULL: no [metrics] listen */
     struct rl_probe *probe;       /* upstream checks; only with the endpoint */
     uv_signal_t sigint;
@@ -227,7 +231,7 @@ main_ready(void *arg, FILE *why)
             fputs("draining: relabel is shutting down\n", why);
         return false;
     }
-    if (m->listeners == NULL) {
+    if (m->workers == NULL) {
         if (why != NULL)
             fputs("listeners: not listening\n", why);
         ready = false;
@@ -366,7 +370,7 @@ main_reload(struct main_state *m, const char *reason)
         rl_snapshot_unref(snap);
         snap = NULL;
     }
-    if (snap != NULL && rl_listeners_update(m->listeners, snap, err) < 0) {
+    if (snap != NULL && rl_workers_update(m->workers, snap, err) < 0) {
         main_metrics_rollback(m, m->ctx.snap->cfg);
         rl_snapshot_unref(snap);
         snap = NULL;
@@ -388,6 +392,9 @@ main_reload(struct main_state *m, const char *reason)
     rl_metrics_reload(m->ctx.metrics, true, rl_metrics_now());
     rl_log_setup(snap->cfg->log_level, snap->cfg->log_format == RL_LOG_JSON);
     main_watch_update(m);
+    if (snap->cfg->workers != 0 && snap->cfg->workers != m->nworkers)
+        rl_log(RL_LOG_WARN, "workers = %u takes effect at the next start; running with %u",
+               snap->cfg->workers, m->nworkers);
     rl_log(RL_LOG_INFO, "reload ok reason=\"%s\" config=%s listeners=%zu brands=%zu", reason,
            m->path, snap->cfg->nlisteners, snap->cfg->nbrands);
 }
@@ -528,13 +535,35 @@ main_watch_update(struct main_state *m)
             main_watch_add(m, cfg->upstreams[i].ca_file);
 }
 
+/* Sessions on every worker. */
+static unsigned long
+main_sessions(struct main_state *m)
+{
+    unsigned long n;
+
+    pthread_mutex_lock(&m->shared.lock);
+    n = m->shared.nsessions;
+    pthread_mutex_unlock(&m->shared.lock);
+    return n;
+}
+
 static void
 main_on_drain_timeout(uv_timer_t *t)
 {
     struct main_state *m = t->data;
 
-    rl_log(RL_LOG_WARN, "drain timeout: ending the remaining sessions=%lu", m->ctx.nsessions);
-    rl_session_shutdown_all(&m->ctx, true);
+    rl_log(RL_LOG_WARN, "drain timeout: ending the remaining sessions=%lu", main_sessions(m));
+    rl_workers_shutdown(m->pool, true);
+}
+
+/* Every worker's loop has ended: so can the main one (its other handles
+ * were unreferenced when the signal came). */
+static void
+main_on_workers_done(void *arg)
+{
+    struct main_state *m = arg;
+
+    uv_timer_stop(&m->drain);
 }
 
 /*
@@ -550,17 +579,17 @@ main_on_signal(uv_signal_t *sig, int signum)
 
     if (m->ctx.stopping) {
         rl_log(RL_LOG_WARN, "received %s again: ending the remaining sessions=%lu",
-               strsignal(signum), m->ctx.nsessions);
-        rl_session_shutdown_all(&m->ctx, true);
+               strsignal(signum), main_sessions(m));
+        rl_workers_shutdown(m->pool, true);
         return;
     }
     m->ctx.stopping = true;
     rl_log(RL_LOG_INFO, "received %s, draining sessions=%lu drain_timeout=%ums", strsignal(signum),
-           m->ctx.nsessions, m->ctx.snap->cfg->drain_timeout_ms);
-    if (m->listeners != NULL) {
-        rl_listeners_close(m->listeners);
-        m->listeners = NULL;
-    }
+           main_sessions(m), m->ctx.snap->cfg->drain_timeout_ms);
+    /* Each worker closes its listeners, ends its idle sessions and lets
+     * transactions finish; /readyz says not ready from now on. */
+    rl_workers_shutdown(m->pool, false);
+    m->workers = NULL;
     /* /readyz answers 503 from now on, so orchestrators stop sending; the
      * endpoint stays up but no longer keeps the loop alive. */
     if (m->probe != NULL) {
@@ -576,7 +605,6 @@ main_on_signal(uv_signal_t *sig, int signum)
     uv_unref((uv_handle_t *)&m->sighup);
     uv_timer_start(&m->drain, main_on_drain_timeout, m->ctx.snap->cfg->drain_timeout_ms, 0);
     uv_unref((uv_handle_t *)&m->drain);
-    rl_session_shutdown_all(&m->ctx, false);
 }
 
 int
@@ -644,6 +672,9 @@ main(int argc, char **argv)
     m.path = path;
     m.ctx.loop = &loop;
     m.ctx.snap = snap;
+    m.ctx.shared = &m.shared;
+    pthread_mutex_init(&m.shared.lock, NULL);
+    m.nworkers = snap->cfg->workers != 0 ? snap->cfg->workers : rl_workers_auto();
     m.ctx.metrics = rl_metrics_new(RELABEL_VERSION);
     if (m.ctx.metrics == NULL) {
         fprintf(stderr, "relabel: out of memory\n");
@@ -653,8 +684,8 @@ main(int argc, char **argv)
     if (uv_random(NULL, NULL, &m.ctx.id_seed, sizeof(m.ctx.id_seed), 0, NULL) < 0)
         m.ctx.id_seed = (uint64_t)getpid() * 0x100000001b3ULL ^ (uint64_t)uv_hrtime();
     /* Allocated once, whatever the rate, so a reload can turn it on. */
-    m.ctx.rate = rl_ratelimit_new(RL_RATELIMIT_SLOTS, m.ctx.id_seed ^ 0x5851f42d4c957f2dULL);
-    if (m.ctx.rate == NULL) {
+    m.shared.rate = rl_ratelimit_new(RL_RATELIMIT_SLOTS, m.ctx.id_seed ^ 0x5851f42d4c957f2dULL);
+    if (m.shared.rate == NULL) {
         rl_log(RL_LOG_ERROR, "cannot allocate the connection rate table: out of memory");
         uv_loop_close(&loop);
         rl_snapshot_unref(snap);
@@ -662,20 +693,22 @@ main(int argc, char **argv)
         return 1;
     }
 
-    rc = rl_listeners_open(&m.ctx, snap, stderr, &m.listeners);
+    rc = rl_workers_start(m.nworkers, &loop, &m.shared, m.ctx.metrics, m.ctx.id_seed, snap, stderr,
+                          main_on_workers_done, &m, &m.pool);
     if (rc == 0)
         rc = main_metrics_prepare(&m, snap, stderr);
     if (rc < 0 || main_drop_privileges(snap->cfg) < 0) {
-        if (m.listeners != NULL)
-            rl_listeners_close(m.listeners);
+        if (m.pool != NULL)
+            rl_workers_discard(m.pool);
         main_metrics_rollback(&m, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         rl_snapshot_unref(snap);
-        rl_ratelimit_free(m.ctx.rate);
+        rl_ratelimit_free(m.shared.rate);
         rl_metrics_free(m.ctx.metrics);
         return 1;
     }
+    m.workers = m.pool;
     main_metrics_commit(&m, snap);
 
     uv_signal_init(&loop, &m.sigint);
@@ -690,9 +723,11 @@ main(int argc, char **argv)
     uv_signal_start(&m.sighup, main_on_sighup, SIGHUP);
     main_watch_update(&m);
 
-    rl_log(RL_LOG_INFO, "relabel ready version=%s config=%s listeners=%zu pid=%ld", RELABEL_VERSION,
-           path, snap->cfg->nlisteners, (long)getpid());
+    rl_workers_run(m.pool);
+    rl_log(RL_LOG_INFO, "relabel ready version=%s config=%s listeners=%zu workers=%u pid=%ld",
+           RELABEL_VERSION, path, snap->cfg->nlisteners, m.nworkers, (long)getpid());
     uv_run(&loop, UV_RUN_DEFAULT);
+    rl_workers_join(m.pool);
 
     /* Every session has ended: close what is left and let the close
      * callbacks run, so the loop closes with nothing open. */
@@ -712,8 +747,9 @@ main(int argc, char **argv)
         rl_log(RL_LOG_ERROR, "event loop closed with handles open: %s", uv_strerror(rc));
     rl_snapshot_unref(m.ctx.snap);
     m.ctx.snap = NULL;
-    rl_ratelimit_free(m.ctx.rate);
+    rl_ratelimit_free(m.shared.rate);
     rl_metrics_free(m.ctx.metrics);
+    pthread_mutex_destroy(&m.shared.lock);
     rl_log(RL_LOG_INFO, "relabel stopped");
     return rc == 0 ? 0 : 1;
 }

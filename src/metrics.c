@@ -14,6 +14,7 @@
  * counted.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,7 @@ struct metrics_cert {
 };
 
 struct rl_metrics {
+    pthread_mutex_t lock; /* counted from every worker thread, shown from the main one */
     char version[32];
     double started;
     struct metrics_named *listeners; /* struct metrics_listener, in the order first seen */
@@ -130,6 +132,7 @@ rl_metrics_new(const char *version)
 
     if (m == NULL)
         return NULL;
+    pthread_mutex_init(&m->lock, NULL);
     snprintf(m->version, sizeof(m->version), "%s", version);
     m->started = rl_metrics_now();
     m->last_reload_ok = m->started;
@@ -152,6 +155,7 @@ rl_metrics_free(struct rl_metrics *m)
 {
     if (m == NULL)
         return;
+    pthread_mutex_destroy(&m->lock);
     metrics_named_free(m->listeners);
     metrics_named_free(m->upstreams);
     free(m->certs);
@@ -189,8 +193,8 @@ metrics_upstream(struct rl_metrics *m, const char *name)
     return m == NULL ? NULL : metrics_named(&m->upstreams, name, sizeof(struct metrics_upstream));
 }
 
-void
-rl_metrics_configure(struct rl_metrics *m, const struct rl_config *cfg, const double *not_after)
+static void
+metrics_locked_configure(struct rl_metrics *m, const struct rl_config *cfg, const double *not_after)
 {
     struct metrics_cert *certs;
 
@@ -214,8 +218,8 @@ rl_metrics_configure(struct rl_metrics *m, const struct rl_config *cfg, const do
 
 /* ---- counting ------------------------------------------------------------- */
 
-void
-rl_metrics_session_start(struct rl_metrics *m, const char *listener)
+static void
+metrics_locked_session_start(struct rl_metrics *m, const char *listener)
 {
     struct metrics_listener *l = metrics_listener(m, listener);
 
@@ -225,8 +229,8 @@ rl_metrics_session_start(struct rl_metrics *m, const char *listener)
     l->active++;
 }
 
-void
-rl_metrics_session_end(struct rl_metrics *m, const char *listener, double seconds)
+static void
+metrics_locked_session_end(struct rl_metrics *m, const char *listener, double seconds)
 {
     struct metrics_listener *l = metrics_listener(m, listener);
     size_t i;
@@ -245,8 +249,8 @@ rl_metrics_session_end(struct rl_metrics *m, const char *listener, double second
     m->duration_sum += seconds;
 }
 
-void
-rl_metrics_refused(struct rl_metrics *m, const char *listener, const char *reason)
+static void
+metrics_locked_refused(struct rl_metrics *m, const char *listener, const char *reason)
 {
     struct metrics_listener *l = metrics_listener(m, listener);
     size_t r = METRICS_REFUSE_OTHER;
@@ -259,8 +263,9 @@ rl_metrics_refused(struct rl_metrics *m, const char *listener, const char *reaso
     l->refused[r]++;
 }
 
-void
-rl_metrics_bytes(struct rl_metrics *m, bool client, unsigned long long in, unsigned long long out)
+static void
+metrics_locked_bytes(struct rl_metrics *m, bool client, unsigned long long in,
+                     unsigned long long out)
 {
     if (m == NULL)
         return;
@@ -268,8 +273,8 @@ rl_metrics_bytes(struct rl_metrics *m, bool client, unsigned long long in, unsig
     m->bytes[client ? METRICS_CLIENT_OUT : METRICS_UPSTREAM_OUT] += out;
 }
 
-void
-rl_metrics_message(struct rl_metrics *m, int code)
+static void
+metrics_locked_message(struct rl_metrics *m, int code)
 {
     if (m == NULL)
         return;
@@ -283,8 +288,8 @@ rl_metrics_message(struct rl_metrics *m, int code)
         m->messages[METRICS_MSG_ABORTED]++;
 }
 
-void
-rl_metrics_auth(struct rl_metrics *m, int code)
+static void
+metrics_locked_auth(struct rl_metrics *m, int code)
 {
     if (m == NULL)
         return;
@@ -294,15 +299,15 @@ rl_metrics_auth(struct rl_metrics *m, int code)
         m->auth_failed++;
 }
 
-void
-rl_metrics_plaintext_auth(struct rl_metrics *m)
+static void
+metrics_locked_plaintext_auth(struct rl_metrics *m)
 {
     if (m != NULL)
         m->plaintext_auth++;
 }
 
-void
-rl_metrics_handshake(struct rl_metrics *m, bool upstream, bool resumed)
+static void
+metrics_locked_handshake(struct rl_metrics *m, bool upstream, bool resumed)
 {
     if (m != NULL)
         m->handshakes[upstream][resumed]++;
@@ -319,15 +324,15 @@ metrics_tls_failure(struct rl_metrics *m, int leg, const char *reason)
     m->tls_failures[leg][r]++;
 }
 
-void
-rl_metrics_client_tls_failure(struct rl_metrics *m, const char *reason)
+static void
+metrics_locked_client_tls_failure(struct rl_metrics *m, const char *reason)
 {
     if (m != NULL)
         metrics_tls_failure(m, 0, reason);
 }
 
-void
-rl_metrics_upstream_tls_failure(struct rl_metrics *m, const char *upstream, const char *reason)
+static void
+metrics_locked_upstream_tls_failure(struct rl_metrics *m, const char *upstream, const char *reason)
 {
     struct metrics_upstream *u = metrics_upstream(m, upstream);
 
@@ -338,8 +343,8 @@ rl_metrics_upstream_tls_failure(struct rl_metrics *m, const char *upstream, cons
         u->verify_failures++;
 }
 
-void
-rl_metrics_upstream_connect_failure(struct rl_metrics *m, const char *upstream)
+static void
+metrics_locked_upstream_connect_failure(struct rl_metrics *m, const char *upstream)
 {
     struct metrics_upstream *u = metrics_upstream(m, upstream);
 
@@ -347,8 +352,8 @@ rl_metrics_upstream_connect_failure(struct rl_metrics *m, const char *upstream)
         u->connect_failures++;
 }
 
-void
-rl_metrics_reload(struct rl_metrics *m, bool ok, double when)
+static void
+metrics_locked_reload(struct rl_metrics *m, bool ok, double when)
 {
     if (m == NULL)
         return;
@@ -516,8 +521,8 @@ metrics_render_histogram(const struct rl_metrics *m, FILE *out)
     metrics_u64(out, series, NULL, NULL, NULL, NULL, m->duration_count);
 }
 
-void
-rl_metrics_render(const struct rl_metrics *m, bool ready, FILE *out)
+static void
+metrics_locked_render(const struct rl_metrics *m, bool ready, FILE *out)
 {
     if (m == NULL)
         return;
@@ -582,4 +587,146 @@ rl_metrics_render(const struct rl_metrics *m, bool ready, FILE *out)
     for (size_t i = 0; i < m->ncerts; i++)
         metrics_f64(out, "relabel_certificate_not_after_timestamp_seconds", "brand",
                     m->certs[i].brand, m->certs[i].not_after);
+}
+
+/* ---- the public functions: one lock, taken by every worker thread ---- */
+
+void
+rl_metrics_configure(struct rl_metrics *m, const struct rl_config *cfg, const double *not_after)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_configure(m, cfg, not_after);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_session_start(struct rl_metrics *m, const char *listener)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_session_start(m, listener);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_session_end(struct rl_metrics *m, const char *listener, double seconds)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_session_end(m, listener, seconds);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_refused(struct rl_metrics *m, const char *listener, const char *reason)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_refused(m, listener, reason);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_bytes(struct rl_metrics *m, bool client, unsigned long long in, unsigned long long out)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_bytes(m, client, in, out);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_message(struct rl_metrics *m, int code)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_message(m, code);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_auth(struct rl_metrics *m, int code)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_auth(m, code);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_plaintext_auth(struct rl_metrics *m)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_plaintext_auth(m);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_handshake(struct rl_metrics *m, bool upstream, bool resumed)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_handshake(m, upstream, resumed);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_client_tls_failure(struct rl_metrics *m, const char *reason)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_client_tls_failure(m, reason);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_upstream_tls_failure(struct rl_metrics *m, const char *upstream, const char *reason)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_upstream_tls_failure(m, upstream, reason);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_upstream_connect_failure(struct rl_metrics *m, const char *upstream)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_upstream_connect_failure(m, upstream);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_reload(struct rl_metrics *m, bool ok, double when)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_reload(m, ok, when);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_render(const struct rl_metrics *m, bool ready, FILE *out)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&((struct rl_metrics *)m)->lock);
+    metrics_locked_render(m, ready, out);
+    pthread_mutex_unlock(&((struct rl_metrics *)m)->lock);
 }

@@ -177,6 +177,7 @@ struct rl_session {
     bool in_tx;           /* a transaction is open: MAIL relayed, not yet ended */
     bool draining;        /* shutting down: close once the transaction ends */
     bool up_counted;      /* holds one of max_upstream_connections */
+    bool ip_counted;      /* counts for max_connections_per_ip (shared lock) */
     bool cl_deadline;     /* the client's timer is a deadline, not an idle timeout */
     bool up_resumed;      /* the upstream's TLS session was resumed */
 
@@ -563,15 +564,15 @@ session_log_end(struct rl_session *s)
         rl_log_escape(v, strlen(v), sni, sizeof(sni));
     }
     rl_log(RL_LOG_INFO,
-           "%s session end client=%s%s listener=%s brand=%s sni=%s tls=%s cipher=%s resumed=%s "
-           "upstream=%s up_tls=%s up_cipher=%s up_resumed=%s messages=%u in=%llu out=%llu "
-           "duration=%.3fs reason=\"%s\"",
+           "%s session end client=%s%s listener=%s worker=%u brand=%s sni=%s tls=%s cipher=%s "
+           "resumed=%s upstream=%s up_tls=%s up_cipher=%s up_resumed=%s messages=%u in=%llu "
+           "out=%llu duration=%.3fs reason=\"%s\"",
            s->id, s->cl_peer, session_proxy_fields(s, proxy, sizeof(proxy)), s->lc->name,
-           s->brand->name, sni, ct ? rl_tls_version(ct) : "none", ct ? rl_tls_cipher(ct) : "none",
-           ct && rl_tls_resumed(ct) ? "yes" : "no", s->up_peer[0] ? s->up_peer : "-",
-           s->up_tls[0] ? s->up_tls : "none", s->up_cipher[0] ? s->up_cipher : "none",
-           s->up_resumed ? "yes" : "no", s->messages, s->cl ? rl_conn_bytes_in(s->cl) : 0ULL,
-           s->cl ? rl_conn_bytes_out(s->cl) : 0ULL,
+           s->ctx->index, s->brand->name, sni, ct ? rl_tls_version(ct) : "none",
+           ct ? rl_tls_cipher(ct) : "none", ct && rl_tls_resumed(ct) ? "yes" : "no",
+           s->up_peer[0] ? s->up_peer : "-", s->up_tls[0] ? s->up_tls : "none",
+           s->up_cipher[0] ? s->up_cipher : "none", s->up_resumed ? "yes" : "no", s->messages,
+           s->cl ? rl_conn_bytes_in(s->cl) : 0ULL, s->cl ? rl_conn_bytes_out(s->cl) : 0ULL,
            (double)(session_now_ms(s) - s->started_ms) / 1000.0, s->reason);
 }
 
@@ -591,6 +592,11 @@ session_close(struct rl_session *s, const char *why)
     if (mid_message)
         rl_metrics_message(s->ctx->metrics, 0);
     snprintf(s->reason, sizeof(s->reason), "%s", why);
+    /* Over for its client: another session from the same address may
+     * start now, on any worker, while this one's sockets wind down. */
+    pthread_mutex_lock(&s->ctx->shared->lock);
+    s->ip_counted = false;
+    pthread_mutex_unlock(&s->ctx->shared->lock);
     if (s->up != NULL && s->up_state == UP_READY && !mid_message && s->fifo_len == 0 &&
         !s->quit_sent)
         batch_send(&s->up_out, "QUIT\r\n", 6); /* courtesy; its reply is not awaited */
@@ -618,9 +624,13 @@ session_close(struct rl_session *s, const char *why)
 static void
 session_up_release(struct rl_session *s)
 {
+    struct rl_shared *sh = s->ctx->shared;
+
     if (s->up_counted) {
+        pthread_mutex_lock(&sh->lock);
         s->up_counted = false;
-        s->ctx->nupstreams--;
+        sh->nupstreams--;
+        pthread_mutex_unlock(&sh->lock);
     }
 }
 
@@ -628,7 +638,10 @@ static void
 session_free(struct rl_session *s)
 {
     struct rl_ctx *ctx = s->ctx;
+    struct rl_shared *sh = ctx->shared;
 
+    session_up_release(s);
+    pthread_mutex_lock(&sh->lock);
     if (s->prev != NULL)
         s->prev->next = s->next;
     else
@@ -636,7 +649,8 @@ session_free(struct rl_session *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     ctx->nsessions--;
-    session_up_release(s);
+    sh->nsessions--;
+    pthread_mutex_unlock(&sh->lock);
     rl_metrics_session_end(ctx->metrics, s->lc->name,
                            (double)(session_now_ms(s) - s->started_ms) / 1e3);
     rl_buf_free(&s->cl_out.b);
@@ -749,20 +763,27 @@ session_up_start(struct rl_session *s)
     int err = 0;
 
     unsigned max = s->snap->cfg->max_upstream_connections;
+    struct rl_shared *sh = s->ctx->shared;
+    bool busy;
     char why[80];
 
     if (s->up_started)
         return;
     s->up_started = true;
-    if (max != 0 && s->ctx->nupstreams >= max) {
+    pthread_mutex_lock(&sh->lock);
+    busy = max != 0 && sh->nupstreams >= max;
+    if (!busy) {
+        sh->nupstreams++;
+        s->up_counted = true;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    if (busy) {
         snprintf(why, sizeof(why), "too many upstream connections (max_upstream_connections=%u)",
                  max);
         rl_metrics_refused(s->ctx->metrics, s->lc->name, "max_upstream_connections");
         session_up_fail(s, REPLY_UP_BUSY, why);
         return;
     }
-    s->up_counted = true;
-    s->ctx->nupstreams++;
     session_enter_up(s, UP_RESOLVE);
     s->resolve = rl_upstream_resolve(s->ctx->loop, s->uc, session_on_resolved, s, &err);
     if (s->resolve == NULL)
@@ -1785,6 +1806,19 @@ session_refuse(struct rl_session *s, const char *reply, const char *why, const c
     else
         session_close(s, why);
 }
+/* One more new connection from the client's address, if the rate allows. */
+static bool
+session_rate_allows(struct rl_session *s, unsigned rate)
+{
+    struct rl_shared *sh = s->ctx->shared;
+    bool ok = true;
+
+    pthread_mutex_lock(&sh->lock);
+    if (sh->rate != NULL)
+        ok = rl_ratelimit_allow(sh->rate, &s->cl_ip, rate, session_now_ms(s));
+    pthread_mutex_unlock(&sh->lock);
+    return ok;
+}
 
 /*
  * The listener's deny and allow lists, then max_connection_rate, on the
@@ -1809,8 +1843,7 @@ session_refused(struct rl_session *s)
         session_refuse(s, REPLY_DENIED, "denied by allow (no network matches)", "denied");
         return true;
     }
-    if (s->ctx->rate != NULL &&
-        !rl_ratelimit_allow(s->ctx->rate, &s->cl_ip, rate, session_now_ms(s))) {
+    if (!session_rate_allows(s, rate)) {
         snprintf(why, sizeof(why), "too many new connections (max_connection_rate=%u per minute)",
                  rate);
         session_refuse(s, REPLY_TOO_MANY, why, "rate");
@@ -1820,25 +1853,33 @@ session_refused(struct rl_session *s)
 }
 
 /*
- * Connection limits: the total, and per client address (a linear walk: the
- * total bounds it, and it costs far less than the handshake it saves).
- * Sessions still waiting for their PROXY header have no address yet and
- * count only in the total.  Returns true if the session ended.
+ * Connection limits over all workers: the total, and per client address (a
+ * linear walk of every worker's sessions under the shared lock: the total
+ * bounds it, and it costs far less than the handshake it saves).  Sessions
+ * still waiting for their PROXY header have no address yet and count only
+ * in the total.  Returns true if the session ended.
  */
 static bool
 session_over_limit(struct rl_session *s)
 {
     const struct rl_config *cfg = s->snap->cfg;
+    struct rl_shared *sh = s->ctx->shared;
     unsigned same = 0;
+    unsigned long total;
     char why[160];
 
-    if (s->ctx->nsessions > cfg->max_connections) {
+    pthread_mutex_lock(&sh->lock);
+    total = sh->nsessions;
+    if (total <= cfg->max_connections)
+        for (size_t w = 0; w < sh->nworkers; w++)
+            for (struct rl_session *o = sh->workers[w]->sessions; o != NULL; o = o->next)
+                if (o->ip_counted && rl_cidr_addr_equal(&o->cl_ip, &s->cl_ip))
+                    same++;
+    pthread_mutex_unlock(&sh->lock);
+    if (total > cfg->max_connections) {
         snprintf(why, sizeof(why), "too many connections (max_connections=%u)",
                  cfg->max_connections);
     } else {
-        for (struct rl_session *o = s->ctx->sessions; o != NULL; o = o->next)
-            if (o->cl != NULL && rl_cidr_addr_equal(&o->cl_ip, &s->cl_ip))
-                same++;
         if (same <= cfg->max_connections_per_ip)
             return false;
         snprintf(why, sizeof(why), "too many connections from %s (max_connections_per_ip=%u)",
@@ -1850,13 +1891,20 @@ session_over_limit(struct rl_session *s)
     return true;
 }
 
-/* Sets the client's address; an IPv4-mapped IPv6 address is its IPv4. */
+/* Sets the client's address; an IPv4-mapped IPv6 address is its IPv4.
+ * Other workers read cl_ip when they count per address, so it is written
+ * under the shared lock. */
 static void
 session_set_client(struct rl_session *s, const struct sockaddr_storage *ss)
 {
+    struct rl_shared *sh = s->ctx->shared;
+
     s->cl_addr = *ss;
     rl_cidr_sockaddr_unmap(&s->cl_addr);
+    pthread_mutex_lock(&sh->lock);
     rl_cidr_addr_set(&s->cl_ip, (const struct sockaddr *)&s->cl_addr);
+    s->ip_counted = true;
+    pthread_mutex_unlock(&sh->lock);
     rl_cidr_peer_text((const struct sockaddr *)&s->cl_addr, s->cl_peer, sizeof(s->cl_peer));
 }
 
@@ -1999,11 +2047,14 @@ rl_session_accept(struct rl_ctx *ctx, struct rl_snapshot *snap, const struct rl_
     snprintf(s->cl_peer, sizeof(s->cl_peer), "-");
     rl_buf_init(&s->cl_out.b, BATCH_MAX);
     rl_buf_init(&s->up_out.b, BATCH_MAX);
+    pthread_mutex_lock(&ctx->shared->lock);
     s->next = ctx->sessions;
     if (ctx->sessions != NULL)
         ctx->sessions->prev = s;
     ctx->sessions = s;
     ctx->nsessions++;
+    ctx->shared->nsessions++;
+    pthread_mutex_unlock(&ctx->shared->lock);
     rl_metrics_session_start(ctx->metrics, lc->name);
 
     s->cl = rl_conn_new(ctx->loop, session_on_event, s);

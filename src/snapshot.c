@@ -16,7 +16,7 @@ rl_snapshot_build(struct rl_config *cfg, FILE *err, FILE *describe)
 
     if (snap == NULL)
         return NULL;
-    snap->refs = 1;
+    atomic_init(&snap->refs, 1);
     snap->cfg = rl_config_ref(cfg);
     snap->brand_tls = calloc(cfg->nbrands + 1, sizeof(*snap->brand_tls));
     snap->upstream_tls = calloc(cfg->nupstreams + 1, sizeof(*snap->upstream_tls));
@@ -71,14 +71,14 @@ rl_snapshot_build(struct rl_config *cfg, FILE *err, FILE *describe)
 struct rl_snapshot *
 rl_snapshot_ref(struct rl_snapshot *snap)
 {
-    snap->refs++;
+    atomic_fetch_add_explicit(&snap->refs, 1, memory_order_relaxed);
     return snap;
 }
 
 void
 rl_snapshot_unref(struct rl_snapshot *snap)
 {
-    if (snap == NULL || --snap->refs > 0)
+    if (snap == NULL || atomic_fetch_sub_explicit(&snap->refs, 1, memory_order_acq_rel) > 1)
         return;
     if (snap->brand_tls != NULL)
         for (size_t i = 0; i < snap->cfg->nbrands; i++)

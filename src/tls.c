@@ -29,6 +29,7 @@
  * material.
  */
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -83,6 +84,7 @@
 #define TLS_TICKET_LIFETIME 3600
 
 struct tls_resume {
+    pthread_mutex_t lock; /* engines of every worker thread share it */
     mbedtls_ssl_session session;
     time_t saved; /* 0: nothing to offer */
 };
@@ -428,6 +430,7 @@ rl_tls_conf_free(struct rl_tls_conf *conf)
     mbedtls_ssl_ticket_free(&conf->tickets); /* zeroizes the ticket keys */
     if (conf->resume != NULL) {
         mbedtls_ssl_session_free(&conf->resume->session);
+        pthread_mutex_destroy(&conf->resume->lock);
         free(conf->resume);
     }
     mbedtls_x509_crt_free(&conf->certs);
@@ -615,6 +618,7 @@ rl_tls_conf_client(const char *ca_path, char *err, size_t errlen)
         goto fail;
     }
     mbedtls_ssl_session_init(&conf->resume->session);
+    pthread_mutex_init(&conf->resume->lock, NULL);
     return conf;
 
 fail:
@@ -745,18 +749,18 @@ tls_offer_session(struct rl_tls *t)
 {
     struct tls_resume *r = t->conf->resume;
 
-    if (r->saved == 0)
-        return;
-    if (time(NULL) - r->saved > TLS_RESUME_MAX_AGE) {
+    pthread_mutex_lock(&r->lock);
+    if (r->saved != 0 && time(NULL) - r->saved > TLS_RESUME_MAX_AGE) {
         mbedtls_ssl_session_free(&r->session);
         mbedtls_ssl_session_init(&r->session);
         r->saved = 0;
-        return;
     }
-    if (mbedtls_ssl_set_session(&t->ssl, &r->session) != 0)
-        return; /* a full handshake then */
-    t->offered = true;
-    memcpy(t->offered_master, r->session.master, sizeof t->offered_master);
+    /* On failure, a full handshake then. */
+    if (r->saved != 0 && mbedtls_ssl_set_session(&t->ssl, &r->session) == 0) {
+        t->offered = true;
+        memcpy(t->offered_master, r->session.master, sizeof t->offered_master);
+    }
+    pthread_mutex_unlock(&r->lock);
 }
 
 /*
@@ -777,11 +781,13 @@ tls_after_handshake(struct rl_tls *t, bool ok)
         t->resumed = true;
         return;
     }
+    pthread_mutex_lock(&r->lock);
     mbedtls_ssl_session_free(&r->session);
     mbedtls_ssl_session_init(&r->session);
     r->saved = 0;
     if (ok && mbedtls_ssl_get_session(&t->ssl, &r->session) == 0)
         r->saved = time(NULL);
+    pthread_mutex_unlock(&r->lock);
 }
 
 struct rl_tls *

@@ -11,6 +11,7 @@
 #ifndef RELABEL_CONFIG_H
 #define RELABEL_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -76,7 +77,7 @@ struct rl_listener_conf {
 
 struct rl_config {
     char *path;
-    int refs;
+    atomic_int refs; /* shared by snapshots on every worker thread */
 
     /* [relabel] */
     char *user;  /* NULL: keep the current user */
@@ -100,6 +101,7 @@ struct rl_config {
     unsigned max_connections_per_ip;   /* sessions at once from one client address */
     unsigned max_connection_rate;      /* new sessions per client address per minute, 0: off */
     unsigned max_upstream_connections; /* upstream legs at once; 0: max_connections bounds them */
+    unsigned workers;                  /* event loops, one thread each; 0: one per CPU */
     bool bare_newline_reject;          /* bare_newline = normalize (default) | reject */
 
     struct rl_listener_conf *listeners;

@@ -60,6 +60,10 @@
 #define RL_COMMAND_DEADLINE_DEFAULT 60000
 #define RL_MIN_DATA_RATE_DEFAULT 500
 
+/* Worker threads (workers = auto | N): more than the CPUs only adds
+ * contention; auto takes the CPUs this process may run on, up to this. */
+#define RL_WORKERS_MAX 64
+
 /* Shutdown: transactions in progress may finish for this long. */
 #define RL_TIMEOUT_DRAIN_DEFAULT 30000
 /* Certificate files changed: reload once they have been quiet this long

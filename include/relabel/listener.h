@@ -6,6 +6,7 @@
 #ifndef RELABEL_LISTENER_H
 #define RELABEL_LISTENER_H
 
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "relabel/ctx.h"
@@ -13,10 +14,11 @@
 
 struct rl_listeners;
 
-/* Binds and listens on every address of snap's listeners.  On failure prints
- * "PATH:LINE: listener NAME: cannot listen on ADDR: reason" to err, closes
- * what was opened and returns a negative code. */
-int rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, FILE *err,
+/* Binds and listens on every address of snap's listeners, on ctx's loop
+ * (with SO_REUSEPORT when several workers listen on the same addresses).
+ * On failure prints "PATH:LINE: listener NAME: cannot listen on ADDR:
+ * reason" to err, closes what was opened and returns a negative code. */
+int rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, bool reuseport, FILE *err,
                       struct rl_listeners **out);
 
 /*
@@ -28,6 +30,14 @@ int rl_listeners_open(struct rl_ctx *ctx, struct rl_snapshot *snap, FILE *err,
  * already running are not touched.
  */
 int rl_listeners_update(struct rl_listeners *ls, struct rl_snapshot *snap, FILE *err);
+
+/* The same in two steps, so that several workers' sets change all or
+ * nothing: prepare() binds the new addresses (on failure: nothing bound,
+ * reasons printed, negative code); then exactly one of commit() (cannot
+ * fail) or rollback(). */
+int rl_listeners_prepare(struct rl_listeners *ls, struct rl_snapshot *snap, FILE *err);
+void rl_listeners_commit(struct rl_listeners *ls);
+void rl_listeners_rollback(struct rl_listeners *ls);
 
 /* Stops accepting; the handles close on the next loop iteration and the
  * set frees itself. */

@@ -15,7 +15,7 @@
 
 enum rl_log_level { RL_LOG_ERROR = 0, RL_LOG_WARN, RL_LOG_INFO, RL_LOG_DEBUG };
 
-extern int rl_log_level_current;
+extern _Atomic int rl_log_level_current;
 
 void rl_log_setup(int level, int json);
 

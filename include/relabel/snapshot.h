@@ -8,13 +8,14 @@
 #ifndef RELABEL_SNAPSHOT_H
 #define RELABEL_SNAPSHOT_H
 
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include "relabel/config.h"
 #include "relabel/tls.h"
 
 struct rl_snapshot {
-    int refs;
+    atomic_int refs; /* sessions on every worker thread hold references */
     struct rl_config *cfg;
     struct rl_tls_conf **brand_tls;    /* parallel to cfg->brands */
     struct rl_tls_conf **upstream_tls; /* parallel to cfg->upstreams */

@@ -54,6 +54,9 @@ static struct rl_config g_cfg;
 static struct rl_snapshot g_snap;
 static uv_loop_t g_loop;
 static struct rl_ctx g_ctx;
+static struct rl_ctx *g_workers[1] = {&g_ctx};
+static struct rl_shared g_shared = {
+    .lock = PTHREAD_MUTEX_INITIALIZER, .workers = g_workers, .nworkers = 1};
 
 /* ---- per-input state -------------------------------------------------- */
 
@@ -1092,13 +1095,15 @@ setup_world(struct reader *r)
     g_cfg.nupstreams = 1;
 
     memset(&g_snap, 0, sizeof(g_snap));
-    g_snap.refs = 1;
+    atomic_init(&g_snap.refs, 1);
     g_snap.cfg = &g_cfg;
 
     memset(&g_ctx, 0, sizeof(g_ctx));
     g_ctx.loop = &g_loop;
     g_ctx.snap = &g_snap;
     g_ctx.id_seed = 0x5eed;
+    g_ctx.shared = &g_shared;
+    g_shared.nsessions = g_shared.nupstreams = 0;
 
     fake_reset();
     fake.on_write = on_write;
