@@ -44,7 +44,8 @@ def certs(tmp_path_factory):
         pytest.fail(f"{script} failed ({res.returncode}): {res.stdout!r} {res.stderr!r}")
     for name in ("ca.crt", "ca.key", "upstream.crt", "upstream.key", "brand.crt", "brand.key",
                  "wrongname.crt", "wrongname.key", "expired.crt", "expired.key",
-                 "unknownca.crt", "unknownca.key", "mismatch.key"):
+                 "unknownca.crt", "unknownca.key", "mismatch.key", "brand-rsa.crt",
+                 "brand-rsa.key", "brand-b.crt", "brand-b.key", "brand-c.crt", "brand-c.key"):
         if not os.path.exists(os.path.join(out, name)):
             pytest.fail(f"{script} did not make {name}")
     return out
