@@ -1497,6 +1497,58 @@ test_example_custom_upstream(void **state)
     rl_config_unref(cfg);
 }
 
+/* The example's second brand, uncommented, serves by SNI next to the
+ * first, on its own preset. */
+static void
+test_example_second_brand(void **state)
+{
+    struct rl_config *cfg = NULL;
+    char cwd[PATH_MAX], path[PATH_MAX + 64], *line = NULL, *text = NULL;
+    size_t cap = 0, len = 0;
+    bool in_brand = false, seen = false;
+    const struct rl_sni_name *hit;
+    FILE *in, *out;
+
+    (void)state;
+    in = fopen(RL_SOURCE_ROOT "/config/relabel.ini", "r");
+    assert_non_null(in);
+    out = open_memstream(&text, &len);
+    assert_non_null(out);
+    while (getline(&line, &cap, in) > 0) {
+        if (strncmp(line, ";[brand \"brand-b\"]", 18) == 0)
+            in_brand = seen = true;
+        else if (line[0] != ';' || line[1] == ' ' || line[1] == '\n')
+            in_brand = false;
+        fputs(in_brand ? line + 1 : line, out);
+    }
+    free(line);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+    assert_true(seen);
+    snprintf(path, sizeof(path), "%s/certs/dev/mail.brand-b.net.crt", tmpdir);
+    write_file(path, "cert\n");
+    snprintf(path, sizeof(path), "%s/certs/dev/mail.brand-b.net.key", tmpdir);
+    write_file(path, "key\n");
+
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(tmpdir), 0); /* certs/dev/ from test_example_config */
+    assert_int_equal(load_text(text, &cfg), 0);
+    assert_int_equal(chdir(cwd), 0);
+    free(text);
+    assert_string_equal(errtext, "");
+    assert_int_equal(cfg->nbrands, 2);
+    assert_string_equal(cfg->brands[1].upstream->name, "ses-eu-west-1");
+    hit = rl_sni_lookup(&cfg->sni, "smtp.brand-b.net", 16);
+    assert_non_null(hit);
+    assert_int_equal(hit->brand, 1);
+    hit = rl_sni_lookup(&cfg->sni, "smtp.example.com", 16);
+    assert_non_null(hit);
+    assert_int_equal(hit->brand, 0);
+    assert_ptr_equal(cfg->listeners[0].brand, &cfg->brands[0]);
+    assert_false(cfg->listeners[0].sni_refuse);
+    rl_config_unref(cfg);
+}
+
 static void
 test_refcount(void **state)
 {
@@ -1551,6 +1603,7 @@ main(void)
         cmocka_unit_test(test_err_metrics_section),
         cmocka_unit_test(test_example_config),
         cmocka_unit_test(test_example_custom_upstream),
+        cmocka_unit_test(test_example_second_brand),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_brands_sni),
         cmocka_unit_test(test_err_brands_sni),
