@@ -176,35 +176,25 @@ def test_sni_chooses_brand(world, client_ctx, listener):
     assert w.b.recorder.commands[0].line == f"EHLO {HOST_B}\r\n".encode()
 
 
+@pytest.mark.parametrize("sni", [None, UNKNOWN], ids=["no-sni", "unknown-sni"])
 @pytest.mark.parametrize("listener", ["smtps", "submission"])
-def test_no_sni_gets_default_brand(world, listener):
+def test_default_brand(world, listener, sni):
+    """No SNI, or a name no brand answers to (sni_unknown = default): the
+    listener's default brand, its certificate and its upstream."""
     w = world
-    c = open_tls(w, listener, None, no_verify_ctx())
+    c = open_tls(w, listener, sni, no_verify_ctx())
     try:
         assert peer_fp(c) == w.fp["brand"]
-        deliver(w, c, h.BRAND_HOST, "no-sni")
+        deliver(w, c, h.BRAND_HOST, f"default-{sni}")
     finally:
         c.close()
     w.a.recorder.wait_messages(1)
     assert not w.b.messages
-    assert " brand=example sni=- " in session_lines(w.rl, 1)[-1]
-
-
-@pytest.mark.parametrize("listener", ["smtps", "submission"])
-def test_unknown_sni_gets_default_brand(world, listener):
-    w = world
-    c = open_tls(w, listener, UNKNOWN, no_verify_ctx())
-    try:
-        assert peer_fp(c) == w.fp["brand"]
-        deliver(w, c, h.BRAND_HOST, "unknown")
-    finally:
-        c.close()
-    w.a.recorder.wait_messages(1)
-    assert not w.b.messages
-    assert f" brand=example sni={UNKNOWN} " in session_lines(w.rl, 1)[-1]
-    # A client that checks the name refuses the default brand's certificate.
-    with pytest.raises(ssl.SSLCertVerificationError):
-        open_tls(w, listener, UNKNOWN, h.client_context(w.certs))
+    assert f" brand=example sni={sni or '-'} " in session_lines(w.rl, 1)[-1]
+    if sni is not None:
+        # A client that checks the name refuses the default's certificate.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            open_tls(w, listener, sni, h.client_context(w.certs))
 
 
 @pytest.mark.parametrize("listener", ["strict", "strict-sub"])

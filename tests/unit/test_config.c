@@ -1144,39 +1144,20 @@ test_err_brands_sni(void **state)
 /* ---- provider presets ----------------------------------------------------------- */
 
 /* A brand per preset, by name. */
-static const char presets_file[] = "[listener l]\n"
-                                   "listen = 127.0.0.1:465\n"
-                                   "brand = p0\n"
-                                   "[brand p0]\n"
-                                   "hostname = a.example\n"
-                                   "cert = @D@/cert.pem\n"
-                                   "key = @D@/key.pem\n"
-                                   "upstream = sendgrid\n"
-                                   "[brand p1]\n"
-                                   "hostname = b.example\n"
-                                   "cert = @D@/cert.pem\n"
-                                   "key = @D@/key.pem\n"
-                                   "upstream = ses-eu-west-1\n"
-                                   "[brand p2]\n"
-                                   "hostname = c.example\n"
-                                   "cert = @D@/cert.pem\n"
-                                   "key = @D@/key.pem\n"
-                                   "upstream = postmark\n"
-                                   "[brand p3]\n"
-                                   "hostname = d.example\n"
-                                   "cert = @D@/cert.pem\n"
-                                   "key = @D@/key.pem\n"
-                                   "upstream = brevo\n"
-                                   "[brand p4]\n"
-                                   "hostname = e.example\n"
-                                   "cert = @D@/cert.pem\n"
-                                   "key = @D@/key.pem\n"
-                                   "upstream = SendGrid\n"
-                                   "[brand p5]\n"
-                                   "hostname = f.example\n"
-                                   "cert = @D@/cert.pem\n"
-                                   "key = @D@/key.pem\n"
-                                   "upstream = ses-us-gov-west-1\n";
+#define PRESET_BRAND(name, host, up)                                                               \
+    "[brand " name "]\n"                                                                           \
+    "hostname = " host "\n"                                                                        \
+    "cert = @D@/cert.pem\n"                                                                        \
+    "key = @D@/key.pem\n"                                                                          \
+    "upstream = " up "\n"
+
+static const char presets_file[] =
+    "[listener l]\n"
+    "listen = 127.0.0.1:465\n"
+    "brand = p0\n" PRESET_BRAND("p0", "a.example", "sendgrid")
+        PRESET_BRAND("p1", "b.example", "ses-eu-west-1") PRESET_BRAND("p2", "c.example", "postmark")
+            PRESET_BRAND("p3", "d.example", "brevo") PRESET_BRAND("p4", "e.example", "SendGrid")
+                PRESET_BRAND("p5", "f.example", "ses-us-gov-west-1");
 
 static void
 check_upstream(const struct rl_upstream_conf *u, const char *name, const char *host,
