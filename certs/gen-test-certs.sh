@@ -11,6 +11,8 @@
 #   brand.crt brand.key           smtp.example.com + IP 127.0.0.1, by the test CA
 #   brand-chain.crt               brand.crt followed by ca.crt (chain-file test)
 #   brand-rsa.crt brand-rsa.key   RSA-2048 leaf for smtp.example.com, by the test CA
+#   brand-b.crt brand-b.key       mail.brand-b.test + *.brand-b.test, by the test CA
+#   brand-c.crt brand-c.key       smtp.brand-c.test, by the test CA
 #   upstream.crt upstream.key     smtp.mailgun.org, by the test CA
 #   wrongname.crt wrongname.key   smtp.other.org, by the test CA
 #   expired.crt expired.key       smtp.mailgun.org, by the test CA, valid 2020-2021 only
@@ -34,7 +36,7 @@ stamp=$out/.complete
 
 # Bump when the set of files or their contents change, so old sets in build
 # directories are replaced rather than reused.
-version=1
+version=2
 
 # The leaves (two years) expire before the CA (ten): checking one of them
 # is enough, as all are made together.
@@ -129,6 +131,8 @@ root other-ca "relabel other CA"
 
 leaf brand smtp.example.com "DNS:smtp.example.com,IP:127.0.0.1" ca
 leaf brand-rsa smtp.example.com "DNS:smtp.example.com,IP:127.0.0.1" ca rsa
+leaf brand-b mail.brand-b.test "DNS:mail.brand-b.test,DNS:*.brand-b.test" ca
+leaf brand-c smtp.brand-c.test "DNS:smtp.brand-c.test" ca
 leaf upstream smtp.mailgun.org "DNS:smtp.mailgun.org" ca
 leaf wrongname smtp.other.org "DNS:smtp.other.org" ca
 leaf otherca smtp.mailgun.org "DNS:smtp.mailgun.org" other-ca
@@ -151,7 +155,8 @@ SAN=DNS:smtp.mailgun.org openssl ca -batch -notext -cert "$tmp/ca.crt" -keyfile 
 ec_key "$tmp/mismatch.key"
 
 files="ca.crt ca.key other-ca.crt other-ca.key brand.crt brand.key brand-chain.crt
-    brand-rsa.crt brand-rsa.key upstream.crt upstream.key wrongname.crt wrongname.key
+    brand-rsa.crt brand-rsa.key brand-b.crt brand-b.key brand-c.crt brand-c.key
+    upstream.crt upstream.key wrongname.crt wrongname.key
     expired.crt expired.key otherca.crt otherca.key unknownca.crt unknownca.key mismatch.key"
 rm -f "$stamp"
 for f in $files; do

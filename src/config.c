@@ -129,21 +129,31 @@ struct config_raw_listener {
     int64_t tls;
     int64_t require_tls;
     char *brand;
+    int64_t sni_unknown;
     int64_t proxy_protocol;
     struct rl_cidr_list proxy_trusted;
     struct rl_cidr_list allow;
     struct rl_cidr_list deny;
 };
 
+/* Names with the line of each (aliases may span several lines). */
+struct config_names {
+    struct rl_brand_alias *items;
+    size_t n;
+};
+
 struct config_raw_brand {
     char *hostname;
+    struct config_names aliases;
     char *cert;
     char *key;
+    char *cert_rsa;
+    char *key_rsa;
     char *upstream;
 };
 
 struct config_raw_upstream {
-    int64_t preset;
+    char *preset;
     char *host;
     int64_t port;
     int64_t tls;
@@ -185,29 +195,66 @@ static const struct config_name config_names_proxy[] = {{"no", 0},
                                                         {"v2", RL_PROXY_V2},
                                                         {"any", RL_PROXY_V1 | RL_PROXY_V2},
                                                         {NULL, 0}};
-static const struct config_name config_names_preset[] = {
-    {"mailgun-us", 0}, {"mailgun-eu", 1}, {NULL, 0}};
+static const struct config_name config_names_sni_unknown[] = {
+    {"default", 0}, {"refuse", 1}, {NULL, 0}};
 
-/* Presets, indexed by the values in config_names_preset.  The port is not
- * part of a preset: it follows the tls mode (465 implicit, 587 starttls),
- * both of which Mailgun serves. */
+/*
+ * Upstream presets: what each provider's public SMTP documentation says
+ * about its submission service (config/relabel.ini and the README list the
+ * facts and their sources).  The mode is the default; the port follows the
+ * mode unless the section sets one, and a mode the provider does not
+ * document has no port (0), so choosing it needs an explicit port.  The
+ * expected certificate name is the host.  A size of 0 leaves the limit to
+ * the upstream's own SIZE, for providers that document none for SMTP.
+ * "ses-REGION" is a family: its host is built from the region.
+ */
 static const char *const config_mailgun_hide[] = {"mailgun.org", "postgun.com", "mailgun"};
+static const char *const config_sendgrid_hide[] = {"sendgrid.net", "sendgrid", "twilio"};
+static const char *const config_ses_hide[] = {"amazonses.com", "amazonaws.com",
+                                              "SimpleEmailService"};
+static const char *const config_postmark_hide[] = {"postmarkapp.com", "postmark"};
+static const char *const config_brevo_hide[] = {"brevo.com", "sendinblue.com", "brevo",
+                                                "sendinblue"};
 
-static const struct config_preset {
-    const char *name;
-    const char *host;
+struct config_preset {
+    const char *name; /* "ses-" for the family */
+    const char *host; /* NULL: built from the name (ses-REGION) */
+    enum rl_tls_mode tls;
+    uint16_t implicit_port; /* 0: no implicit TLS port documented */
+    uint16_t starttls_port; /* 0: no STARTTLS port documented */
     uint64_t max_message_size;
     const char *const *hide;
     size_t nhide;
-} config_presets[] = {
-    {"mailgun-us", "smtp.mailgun.org", RL_MAILGUN_MAX_MESSAGE, config_mailgun_hide,
-     CONFIG_ARRAY_SIZE(config_mailgun_hide)},
-    {"mailgun-eu", "smtp.eu.mailgun.org", RL_MAILGUN_MAX_MESSAGE, config_mailgun_hide,
-     CONFIG_ARRAY_SIZE(config_mailgun_hide)},
+};
+
+#define CONFIG_PRESET_HIDE(list) (list), CONFIG_ARRAY_SIZE(list)
+
+static const struct config_preset config_presets[] = {
+    {"mailgun-us", "smtp.mailgun.org", RL_TLS_IMPLICIT, 465, 587, RL_MAILGUN_MAX_MESSAGE,
+     CONFIG_PRESET_HIDE(config_mailgun_hide)},
+    {"mailgun-eu", "smtp.eu.mailgun.org", RL_TLS_IMPLICIT, 465, 587, RL_MAILGUN_MAX_MESSAGE,
+     CONFIG_PRESET_HIDE(config_mailgun_hide)},
+    {"sendgrid", "smtp.sendgrid.net", RL_TLS_IMPLICIT, 465, 587, RL_SENDGRID_MAX_MESSAGE,
+     CONFIG_PRESET_HIDE(config_sendgrid_hide)},
+    {"ses-", NULL, RL_TLS_IMPLICIT, 465, 587, RL_SES_MAX_MESSAGE,
+     CONFIG_PRESET_HIDE(config_ses_hide)},
+    {"postmark", "smtp.postmarkapp.com", RL_TLS_STARTTLS, 0, 587, RL_POSTMARK_MAX_MESSAGE,
+     CONFIG_PRESET_HIDE(config_postmark_hide)},
+    {"brevo", "smtp-relay.brevo.com", RL_TLS_STARTTLS, 465, 587, 0,
+     CONFIG_PRESET_HIDE(config_brevo_hide)},
 };
 
 #define CONFIG_NPRESETS CONFIG_ARRAY_SIZE(config_presets)
 #define CONFIG_DEFAULT_PRESET "mailgun-us"
+#define CONFIG_PRESETS_TEXT "mailgun-us, mailgun-eu, sendgrid, ses-REGION, postmark, brevo"
+
+/* A preset found by name: the table entry, with the host (and the name)
+ * filled in for a family member. */
+struct config_preset_use {
+    struct config_preset p;
+    char name[CONFIG_NAME_MAX + 1];
+    char host[CONFIG_NAME_MAX + 32];
+};
 
 struct config_error {
     int line;
@@ -284,6 +331,10 @@ static bool config_parse_listen(struct config_ctx *, const struct config_directi
                                 void *);
 static bool config_parse_cidrs(struct config_ctx *, const struct config_directive *, const char *,
                                void *);
+static bool config_parse_names(struct config_ctx *, const struct config_directive *, const char *,
+                               void *);
+static bool config_parse_preset(struct config_ctx *, const struct config_directive *, const char *,
+                                void *);
 
 /* Indices into config_directives, for the checks that need to know whether
  * (and on which line) a particular key was given. */
@@ -319,9 +370,13 @@ enum config_dindex {
     CONFIG_D_PROXY_TRUSTED,
     CONFIG_D_ALLOW,
     CONFIG_D_DENY,
+    CONFIG_D_SNI_UNKNOWN,
     CONFIG_D_HOSTNAME,
+    CONFIG_D_ALIASES,
     CONFIG_D_CERT,
     CONFIG_D_KEY,
+    CONFIG_D_CERT_RSA,
+    CONFIG_D_KEY_RSA,
     CONFIG_D_BRAND_UPSTREAM,
     CONFIG_D_PRESET,
     CONFIG_D_HOST,
@@ -396,13 +451,18 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_PROXY_TRUSTED] = {CONFIG_L(proxy_trusted, config_parse_cidrs), .repeat = true},
     [CONFIG_D_ALLOW] = {CONFIG_L(allow, config_parse_cidrs), .repeat = true},
     [CONFIG_D_DENY] = {CONFIG_L(deny, config_parse_cidrs), .repeat = true},
+    [CONFIG_D_SNI_UNKNOWN] = {CONFIG_L(sni_unknown, config_parse_enum),
+                              .names = config_names_sni_unknown},
 
     [CONFIG_D_HOSTNAME] = {CONFIG_B(hostname, config_parse_hostname)},
+    [CONFIG_D_ALIASES] = {CONFIG_B(aliases, config_parse_names), .repeat = true},
     [CONFIG_D_CERT] = {CONFIG_B(cert, config_parse_file)},
     [CONFIG_D_KEY] = {CONFIG_B(key, config_parse_file)},
+    [CONFIG_D_CERT_RSA] = {CONFIG_B(cert_rsa, config_parse_file)},
+    [CONFIG_D_KEY_RSA] = {CONFIG_B(key_rsa, config_parse_file)},
     [CONFIG_D_BRAND_UPSTREAM] = {CONFIG_B(upstream, config_parse_ref)},
 
-    [CONFIG_D_PRESET] = {CONFIG_U(preset, config_parse_enum), .names = config_names_preset},
+    [CONFIG_D_PRESET] = {CONFIG_U(preset, config_parse_preset)},
     [CONFIG_D_HOST] = {CONFIG_U(host, config_parse_host)},
     [CONFIG_D_PORT] = {CONFIG_U(port, config_parse_number), .min = 1, .max = 65535},
     [CONFIG_D_UPSTREAM_TLS] = {CONFIG_U(tls, config_parse_enum), .names = config_names_tls},
@@ -615,6 +675,84 @@ config_is_ip_literal(const char *s)
     unsigned char tmp[sizeof(struct in6_addr)];
 
     return uv_inet_pton(AF_INET, s, tmp) == 0 || uv_inet_pton(AF_INET6, s, tmp) == 0;
+}
+
+/* An AWS region name as AWS writes them: a two-letter area, one or two
+ * words and a number ("eu-west-1", "ap-southeast-2", "us-gov-west-1"). */
+static bool
+config_valid_aws_region(const char *s)
+{
+    const char *p = s;
+    int words = 0;
+
+    for (int i = 0; i < 2; i++, p++)
+        if (*p < 'a' || *p > 'z')
+            return false;
+    while (*p == '-' && p[1] >= 'a' && p[1] <= 'z') {
+        for (p++; *p >= 'a' && *p <= 'z'; p++)
+            ;
+        words++;
+    }
+    if (words < 1 || words > 2 || *p != '-' || p[1] < '0' || p[1] > '9')
+        return false;
+    p += 2;
+    if (*p >= '0' && *p <= '9')
+        p++;
+    return *p == '\0';
+}
+
+/*
+ * Finds the preset called name (case is ignored; a family member such as
+ * "ses-eu-west-1" gets its host from the region) and fills *use.  Returns
+ * false for an unknown name.
+ */
+static bool
+config_preset_find(const char *name, struct config_preset_use *use)
+{
+    size_t len = strlen(name);
+
+    if (len > CONFIG_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < CONFIG_NPRESETS; i++) {
+        const struct config_preset *p = &config_presets[i];
+        size_t plen = strlen(p->name);
+
+        if (p->host != NULL ? strcasecmp(name, p->name) != 0
+                            : len <= plen || strncasecmp(name, p->name, plen) != 0)
+            continue;
+        use->p = *p;
+        for (size_t j = 0; j <= len; j++)
+            use->name[j] = (char)(name[j] >= 'A' && name[j] <= 'Z' ? name[j] - 'A' + 'a' : name[j]);
+        if (p->host == NULL) {
+            /* Amazon SES: one endpoint per region. */
+            if (!config_valid_aws_region(use->name + plen))
+                return false;
+            snprintf(use->host, sizeof(use->host), "email-smtp.%s.amazonaws.com", use->name + plen);
+            use->p.host = use->host;
+        }
+        use->p.name = use->name;
+        return true;
+    }
+    return false;
+}
+
+/* The error for a name that is not a preset, in the words of the key. */
+static void
+config_preset_error(struct config_ctx *ctx, int line, const char *key, const char *name,
+                    const char *what)
+{
+    if (strncasecmp(name, "ses-", 4) == 0)
+        config_error(ctx, line,
+                     "%s \"%s\": \"%s\" is not an AWS region name such as eu-west-1 or "
+                     "us-east-1",
+                     what, name, name + 4);
+    else if (strcmp(key, "preset") == 0)
+        config_error(ctx, line, "%s \"%s\" (expected one of %s)", what, name, CONFIG_PRESETS_TEXT);
+    else
+        config_error(ctx, line,
+                     "%s \"%s\" (expected a preset: %s; or the name of an [upstream \"NAME\"] "
+                     "section)",
+                     what, name, CONFIG_PRESETS_TEXT);
 }
 
 static void
@@ -1094,6 +1232,66 @@ config_parse_cidrs(struct config_ctx *ctx, const struct config_directive *d, con
     return true;
 }
 
+/* Host names a brand answers to (SNI), separated by commas and/or spaces;
+ * a repeated key adds to the list.  Each is a DNS name or a wildcard
+ * "*.example.net" (sni.h). */
+static bool
+config_parse_names(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                   void *field)
+{
+    struct config_names *dst = field;
+    char *copy = config_strdup(ctx, value), *save = NULL, *item;
+    size_t cap = dst->n + 1;
+    struct rl_brand_alias *grown;
+    bool ok = true;
+
+    if (copy == NULL)
+        return false;
+    for (const char *p = value; *p != '\0'; p++)
+        cap += *p == ',' || *p == ' ' || *p == '\t';
+    grown = realloc(dst->items, cap * sizeof(*dst->items));
+    if (grown == NULL) {
+        ctx->oom = true;
+        free(copy);
+        return false;
+    }
+    dst->items = grown;
+    for (item = strtok_r(copy, ", \t", &save); item != NULL; item = strtok_r(NULL, ", \t", &save)) {
+        bool wild = item[0] == '*';
+
+        if (wild ? !rl_sni_is_wildcard(item) || !config_valid_dns_name(item + 2)
+                 : !config_valid_dns_name(item)) {
+            config_error(ctx, ctx->lineno,
+                         wild ? "invalid %s \"%s\" (a wildcard is \"*.\" and at least two labels, "
+                                "such as *.example.com; it stands for exactly one label)"
+                              : "invalid %s \"%s\" (expected DNS names such as mail.example.com "
+                                "or wildcards such as *.example.com)",
+                         d->key, item);
+            ok = false;
+            continue;
+        }
+        dst->items[dst->n].name = config_strdup(ctx, item);
+        dst->items[dst->n].line = ctx->lineno;
+        if (dst->items[dst->n].name != NULL)
+            dst->n++;
+    }
+    free(copy);
+    return ok;
+}
+
+static bool
+config_parse_preset(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                    void *field)
+{
+    struct config_preset_use use;
+
+    if (!config_preset_find(value, &use)) {
+        config_preset_error(ctx, ctx->lineno, d->key, value, "invalid preset");
+        return false;
+    }
+    return config_parse_string(ctx, d, use.name, field);
+}
+
 /* ---- the reader and handler fed to inih ------------------------------------- */
 
 static void
@@ -1116,14 +1314,14 @@ config_raw_init(struct config_section *sec)
     }
     case CONFIG_S_LISTENER:
         sec->raw.listener.tls = sec->raw.listener.require_tls = CONFIG_UNSET;
-        sec->raw.listener.proxy_protocol = CONFIG_UNSET;
+        sec->raw.listener.proxy_protocol = sec->raw.listener.sni_unknown = CONFIG_UNSET;
         break;
     case CONFIG_S_BRAND:
         break;
     case CONFIG_S_UPSTREAM: {
         struct config_raw_upstream *u = &sec->raw.upstream;
 
-        u->preset = u->port = u->tls = u->max_message_size = CONFIG_UNSET;
+        u->port = u->tls = u->max_message_size = CONFIG_UNSET;
         break;
     }
     case CONFIG_S_METRICS:
@@ -1150,11 +1348,17 @@ config_raw_free(struct config_section *sec)
         break;
     case CONFIG_S_BRAND:
         free(sec->raw.brand.hostname);
+        for (size_t i = 0; i < sec->raw.brand.aliases.n; i++)
+            free(sec->raw.brand.aliases.items[i].name);
+        free(sec->raw.brand.aliases.items);
         free(sec->raw.brand.cert);
         free(sec->raw.brand.key);
+        free(sec->raw.brand.cert_rsa);
+        free(sec->raw.brand.key_rsa);
         free(sec->raw.brand.upstream);
         break;
     case CONFIG_S_UPSTREAM:
+        free(sec->raw.upstream.preset);
         free(sec->raw.upstream.host);
         free(sec->raw.upstream.verify_name);
         free(sec->raw.upstream.ca_file);
@@ -1463,19 +1667,35 @@ static void
 config_merge_upstream(struct config_ctx *ctx, const struct config_section *sec,
                       const struct config_preset *preset, struct rl_upstream_conf *u)
 {
-    struct config_raw_upstream none = {.preset = CONFIG_UNSET,
-                                       .port = CONFIG_UNSET,
-                                       .tls = CONFIG_UNSET,
-                                       .max_message_size = CONFIG_UNSET};
+    struct config_raw_upstream none = {
+        .port = CONFIG_UNSET, .tls = CONFIG_UNSET, .max_message_size = CONFIG_UNSET};
     const struct config_raw_upstream *r = sec != NULL ? &sec->raw.upstream : &none;
     const char *host = r->host != NULL ? r->host : preset != NULL ? preset->host : NULL;
+    uint16_t port;
 
     /* Callers pass a section, a preset or both. */
     u->name = config_strdup(ctx, sec != NULL ? sec->name : preset != NULL ? preset->name : "");
     u->line = sec != NULL ? sec->line : 0;
     u->host = config_strdup(ctx, host);
-    u->tls = (enum rl_tls_mode)config_merge(r->tls, RL_TLS_IMPLICIT);
-    u->port = (uint16_t)config_merge(r->port, u->tls == RL_TLS_IMPLICIT ? 465 : 587);
+    u->tls = (enum rl_tls_mode)config_merge(r->tls, preset != NULL ? preset->tls : RL_TLS_IMPLICIT);
+    /* The port follows the mode: the preset's port for it, else the
+     * submission ports of RFC 8314 (465) and RFC 6409 (587). */
+    port = u->tls == RL_TLS_IMPLICIT ? 465 : 587;
+    if (preset != NULL)
+        port = u->tls == RL_TLS_IMPLICIT ? preset->implicit_port : preset->starttls_port;
+    if (port == 0 && r->port == CONFIG_UNSET) {
+        /* Only a section's tls can pick a mode its preset has no port for. */
+        config_error(ctx,
+                     sec == NULL ? 0
+                     : sec->key_lines[CONFIG_D_UPSTREAM_TLS] != 0
+                         ? sec->key_lines[CONFIG_D_UPSTREAM_TLS]
+                         : sec->line,
+                     "preset %s documents no %s port: set port, or use tls = %s", preset->name,
+                     u->tls == RL_TLS_IMPLICIT ? "implicit TLS" : "STARTTLS",
+                     u->tls == RL_TLS_IMPLICIT ? "starttls" : "implicit");
+        port = u->tls == RL_TLS_IMPLICIT ? 465 : 587;
+    }
+    u->port = (uint16_t)config_merge(r->port, port);
     /* A preset's certificate name survives a host override: that is how a
      * test points host at 127.0.0.1 and still checks smtp.mailgun.org. */
     u->verify_name = config_strdup(ctx, r->verify_name != NULL ? r->verify_name
@@ -1505,8 +1725,8 @@ config_check_upstream(struct config_ctx *ctx, const struct config_section *sec)
     const struct config_raw_upstream *r = &sec->raw.upstream;
 
     if (sec->key_lines[CONFIG_D_HOST] == 0 && sec->key_lines[CONFIG_D_PRESET] == 0)
-        config_error(ctx, sec->line, "[upstream \"%s\"] needs host (or preset = %s)", sec->name,
-                     "mailgun-us");
+        config_error(ctx, sec->line, "[upstream \"%s\"] needs host, or a preset (%s)", sec->name,
+                     CONFIG_PRESETS_TEXT);
     /* mbedTLS 2.28 checks DNS names only, so there must be one to check. */
     if (r->host != NULL && sec->key_lines[CONFIG_D_VERIFY_NAME] == 0 &&
         sec->key_lines[CONFIG_D_PRESET] == 0 && config_is_ip_literal(r->host))
@@ -1521,21 +1741,75 @@ config_check_upstream(struct config_ctx *ctx, const struct config_section *sec)
 static struct rl_upstream_conf *
 config_resolve_upstream(struct config_ctx *ctx, struct rl_config *cfg, const char *name)
 {
-    /* Pass 0 looks at sections (line > 0), pass 1 at presets in use. */
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = 0; i < cfg->nupstreams; i++)
-            if ((cfg->upstreams[i].line > 0) == (pass == 0) && cfg->upstreams[i].name != NULL &&
-                strcmp(cfg->upstreams[i].name, name) == 0)
-                return &cfg->upstreams[i];
-    for (size_t i = 0; i < CONFIG_NPRESETS; i++) {
-        if (strcmp(config_presets[i].name, name) == 0) {
-            struct rl_upstream_conf *u = &cfg->upstreams[cfg->nupstreams++];
+    struct config_preset_use use;
+    struct rl_upstream_conf *u;
 
-            config_merge_upstream(ctx, NULL, &config_presets[i], u);
-            return u;
-        }
-    }
-    return NULL;
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        if (cfg->upstreams[i].line > 0 && cfg->upstreams[i].name != NULL &&
+            strcmp(cfg->upstreams[i].name, name) == 0)
+            return &cfg->upstreams[i];
+    if (!config_preset_find(name, &use))
+        return NULL;
+    /* A preset in use is built once, whatever the case it was named in. */
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        if (cfg->upstreams[i].line == 0 && cfg->upstreams[i].name != NULL &&
+            strcmp(cfg->upstreams[i].name, use.name) == 0)
+            return &cfg->upstreams[i];
+    u = &cfg->upstreams[cfg->nupstreams++];
+    config_merge_upstream(ctx, NULL, &use.p, u);
+    return u;
+}
+
+/* Moves a raw brand's aliases into b (the raw section lets go of them). */
+static void
+config_brand_aliases(struct config_raw_brand *r, struct rl_brand_conf *b)
+{
+    b->aliases = r->aliases.items;
+    b->naliases = r->aliases.n;
+    r->aliases.items = NULL;
+    r->aliases.n = 0;
+}
+
+static void
+config_build_brand(struct config_ctx *ctx, struct config_section *sec, struct rl_config *cfg)
+{
+    struct config_raw_brand *r = &sec->raw.brand;
+    struct rl_brand_conf *b = &cfg->brands[cfg->nbrands++];
+    const char *up;
+
+    b->name = config_strdup(ctx, sec->name);
+    b->line = sec->line;
+    b->hostname = config_strdup(ctx, r->hostname);
+    b->hostname_line = sec->key_lines[CONFIG_D_HOSTNAME];
+    config_brand_aliases(r, b);
+    b->cert = config_strdup(ctx, r->cert);
+    b->cert_line = sec->key_lines[CONFIG_D_CERT];
+    b->key = config_strdup(ctx, r->key);
+    b->key_line = sec->key_lines[CONFIG_D_KEY];
+    b->cert_rsa = config_strdup(ctx, r->cert_rsa);
+    b->cert_rsa_line = sec->key_lines[CONFIG_D_CERT_RSA];
+    b->key_rsa = config_strdup(ctx, r->key_rsa);
+    b->key_rsa_line = sec->key_lines[CONFIG_D_KEY_RSA];
+
+    /* A key that was given but did not parse has been reported already. */
+    if (sec->key_lines[CONFIG_D_HOSTNAME] == 0)
+        config_error(ctx, sec->line, "[brand \"%s\"] needs hostname", sec->name);
+    if (sec->key_lines[CONFIG_D_CERT] == 0)
+        config_error(ctx, sec->line, "[brand \"%s\"] needs cert (the certificate file)", sec->name);
+    if (sec->key_lines[CONFIG_D_KEY] == 0)
+        config_error(ctx, sec->line, "[brand \"%s\"] needs key (the private key file)", sec->name);
+    if (b->cert_rsa_line != 0 && b->key_rsa_line == 0)
+        config_error(ctx, b->cert_rsa_line, "cert_rsa needs key_rsa (its private key file)");
+    if (b->key_rsa_line != 0 && b->cert_rsa_line == 0)
+        config_error(ctx, b->key_rsa_line, "key_rsa needs cert_rsa (its certificate file)");
+
+    if (r->upstream == NULL && sec->key_lines[CONFIG_D_BRAND_UPSTREAM] != 0)
+        return;
+    up = r->upstream != NULL ? r->upstream : CONFIG_DEFAULT_PRESET;
+    b->upstream = config_resolve_upstream(ctx, cfg, up);
+    if (b->upstream == NULL)
+        config_preset_error(ctx, sec->key_lines[CONFIG_D_BRAND_UPSTREAM], "upstream", up,
+                            "unknown upstream");
 }
 
 static void
@@ -1547,63 +1821,99 @@ config_build_upstreams_brands(struct config_ctx *ctx, struct rl_config *cfg)
         nup += ctx->sections[i]->type == CONFIG_S_UPSTREAM && !ctx->sections[i]->duplicate;
         nbrand += ctx->sections[i]->type == CONFIG_S_BRAND && !ctx->sections[i]->duplicate;
     }
-    /* Sized once: brands keep pointers into this array. */
-    cfg->upstreams = config_calloc(ctx, nup + CONFIG_NPRESETS, sizeof(*cfg->upstreams));
+    /* Sized once: brands keep pointers into this array.  Each brand adds
+     * at most one preset. */
+    cfg->upstreams = config_calloc(ctx, nup + nbrand, sizeof(*cfg->upstreams));
     cfg->brands = config_calloc(ctx, nbrand, sizeof(*cfg->brands));
     if (cfg->upstreams == NULL || cfg->brands == NULL)
         return;
 
     for (size_t i = 0; i < ctx->nsections; i++) {
         struct config_section *sec = ctx->sections[i];
-        const struct config_preset *preset;
+        struct config_preset_use use;
+        const struct config_preset *preset = NULL;
 
         if (sec->type != CONFIG_S_UPSTREAM || sec->duplicate)
             continue;
-        preset = sec->raw.upstream.preset != CONFIG_UNSET
-                     ? &config_presets[sec->raw.upstream.preset]
-                     : NULL;
+        /* config_parse_preset() accepted only names that are found. */
+        if (sec->raw.upstream.preset != NULL && config_preset_find(sec->raw.upstream.preset, &use))
+            preset = &use.p;
         config_merge_upstream(ctx, sec, preset, &cfg->upstreams[cfg->nupstreams]);
         config_check_upstream(ctx, sec);
         cfg->nupstreams++;
     }
 
-    for (size_t i = 0; i < ctx->nsections; i++) {
-        struct config_section *sec = ctx->sections[i];
-        struct config_raw_brand *r = &sec->raw.brand;
-        struct rl_brand_conf *b;
-        const char *up;
+    for (size_t i = 0; i < ctx->nsections; i++)
+        if (ctx->sections[i]->type == CONFIG_S_BRAND && !ctx->sections[i]->duplicate)
+            config_build_brand(ctx, ctx->sections[i], cfg);
+}
 
-        if (sec->type != CONFIG_S_BRAND || sec->duplicate)
-            continue;
-        b = &cfg->brands[cfg->nbrands++];
-        b->name = config_strdup(ctx, sec->name);
-        b->line = sec->line;
-        b->hostname = config_strdup(ctx, r->hostname);
-        b->cert = config_strdup(ctx, r->cert);
-        b->cert_line = sec->key_lines[CONFIG_D_CERT];
-        b->key = config_strdup(ctx, r->key);
-        b->key_line = sec->key_lines[CONFIG_D_KEY];
+/* Adds one name of brand `bi` to the SNI map (capacity checked by the
+ * caller), lower case. */
+static void
+config_sni_add(struct config_ctx *ctx, struct rl_config *cfg, const char *name, size_t bi, int line)
+{
+    struct rl_sni_name *e = &cfg->sni.items[cfg->sni.n];
 
-        /* A key that was given but did not parse has been reported already. */
-        if (sec->key_lines[CONFIG_D_HOSTNAME] == 0)
-            config_error(ctx, sec->line, "[brand \"%s\"] needs hostname", sec->name);
-        if (sec->key_lines[CONFIG_D_CERT] == 0)
-            config_error(ctx, sec->line, "[brand \"%s\"] needs cert (the certificate file)",
-                         sec->name);
-        if (sec->key_lines[CONFIG_D_KEY] == 0)
-            config_error(ctx, sec->line, "[brand \"%s\"] needs key (the private key file)",
-                         sec->name);
+    e->name = config_strdup(ctx, name);
+    if (e->name == NULL)
+        return;
+    for (char *p = e->name; *p != '\0'; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    e->brand = bi;
+    e->line = line;
+    cfg->sni.n++;
+}
 
-        if (r->upstream == NULL && sec->key_lines[CONFIG_D_BRAND_UPSTREAM] != 0)
-            continue;
-        up = r->upstream != NULL ? r->upstream : CONFIG_DEFAULT_PRESET;
-        b->upstream = config_resolve_upstream(ctx, cfg, up);
-        if (b->upstream == NULL)
-            config_error(ctx, sec->key_lines[CONFIG_D_BRAND_UPSTREAM],
-                         "unknown upstream \"%s\" (expected mailgun-us, mailgun-eu or the name of "
-                         "an [upstream \"NAME\"] section)",
-                         up);
+/*
+ * The names clients may ask for, to choose a brand by SNI: every brand's
+ * hostname and aliases, sorted.  The same name (ignoring case) twice in
+ * one brand is kept once; in two brands it is an error at the later line,
+ * since the brand a client gets must not depend on the order of the file.
+ * A wildcard and an exact name below it may belong to different brands:
+ * the exact name wins (sni.h).
+ */
+static void
+config_build_sni(struct config_ctx *ctx, struct rl_config *cfg)
+{
+    size_t n = 0, kept = 0;
+
+    for (size_t i = 0; i < cfg->nbrands; i++)
+        n += 1 + cfg->brands[i].naliases;
+    cfg->sni.items = config_calloc(ctx, n, sizeof(*cfg->sni.items));
+    if (cfg->sni.items == NULL)
+        return;
+    for (size_t i = 0; i < cfg->nbrands; i++) {
+        const struct rl_brand_conf *b = &cfg->brands[i];
+
+        if (b->hostname != NULL)
+            config_sni_add(ctx, cfg, b->hostname, i, b->hostname_line);
+        for (size_t j = 0; j < b->naliases; j++)
+            config_sni_add(ctx, cfg, b->aliases[j].name, i, b->aliases[j].line);
     }
+    rl_sni_sort(&cfg->sni);
+    for (size_t i = 0; i < cfg->sni.n; i++) {
+        struct rl_sni_name *e = &cfg->sni.items[i], *prev = kept ? &cfg->sni.items[kept - 1] : NULL;
+
+        if (prev == NULL || strcmp(prev->name, e->name) != 0) {
+            cfg->sni.items[kept++] = *e;
+            continue;
+        }
+        if (prev->brand != e->brand) {
+            const struct rl_sni_name *first = prev->line <= e->line ? prev : e;
+            const struct rl_sni_name *later = first == prev ? e : prev;
+
+            config_error(ctx, later->line,
+                         "name %s is already claimed by brand \"%s\" (line %d): the brand a "
+                         "client gets must not depend on the order of the file",
+                         later->name, cfg->brands[first->brand].name, first->line);
+        }
+        if (e->line < prev->line)
+            prev->line = e->line;
+        free(e->name);
+    }
+    cfg->sni.n = kept;
 }
 
 static bool
@@ -1776,6 +2086,7 @@ config_build_listeners(struct config_ctx *ctx, struct rl_config *cfg)
                          "require_tls = no needs tls = starttls: an implicit TLS listener has no "
                          "plaintext phase");
         config_listener_access(ctx, sec, l);
+        l->sni_refuse = config_merge(r->sni_unknown, 0) != 0;
 
         if (r->brand != NULL) {
             for (size_t b = 0; b < cfg->nbrands; b++)
@@ -1891,12 +2202,22 @@ config_free(struct rl_config *cfg)
     free(cfg->listeners);
     free(cfg->metrics_addrs);
     for (size_t i = 0; cfg->brands != NULL && i < cfg->nbrands; i++) {
-        free(cfg->brands[i].name);
-        free(cfg->brands[i].hostname);
-        free(cfg->brands[i].cert);
-        free(cfg->brands[i].key);
+        struct rl_brand_conf *b = &cfg->brands[i];
+
+        free(b->name);
+        free(b->hostname);
+        for (size_t j = 0; j < b->naliases; j++)
+            free(b->aliases[j].name);
+        free(b->aliases);
+        free(b->cert);
+        free(b->key);
+        free(b->cert_rsa);
+        free(b->key_rsa);
     }
     free(cfg->brands);
+    for (size_t i = 0; i < cfg->sni.n; i++)
+        free(cfg->sni.items[i].name);
+    free(cfg->sni.items);
     for (size_t i = 0; cfg->upstreams != NULL && i < cfg->nupstreams; i++)
         config_free_upstream(&cfg->upstreams[i]);
     free(cfg->upstreams);
@@ -1961,6 +2282,7 @@ rl_config_load(const char *path, FILE *err, struct rl_config **out)
         cfg->path = config_strdup(&ctx, path);
         config_merge_relabel(&ctx, config_find_section(&ctx, CONFIG_S_RELABEL, NULL), cfg);
         config_build_upstreams_brands(&ctx, cfg);
+        config_build_sni(&ctx, cfg);
         config_build_listeners(&ctx, cfg);
         config_build_metrics(&ctx, cfg);
     }

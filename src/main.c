@@ -79,16 +79,16 @@ main_tls_mode(enum rl_tls_mode m)
 /* --check: a private key others can read is a finding; one the daemon
  * cannot read after dropping privileges breaks the next reload. */
 static void
-main_check_key(const struct rl_config *cfg, const struct rl_brand_conf *b)
+main_check_key(const struct rl_config *cfg, const char *key, int key_line)
 {
     struct passwd *pw = cfg->user ? getpwnam(cfg->user) : NULL;
     struct stat st;
 
-    if (stat(b->key, &st) < 0)
+    if (stat(key, &st) < 0)
         return;
     if (st.st_mode & S_IROTH)
         printf("  warning: %s:%d: key %s is readable by every user (chmod 600)\n", cfg->path,
-               b->key_line, b->key);
+               key_line, key);
     if (pw != NULL && pw->pw_uid != 0) {
         bool owner = st.st_uid == pw->pw_uid && (st.st_mode & S_IRUSR);
         bool group = st.st_gid == pw->pw_gid && (st.st_mode & S_IRGRP);
@@ -96,7 +96,7 @@ main_check_key(const struct rl_config *cfg, const struct rl_brand_conf *b)
         if (!owner && !group && !(st.st_mode & S_IROTH))
             printf("  warning: %s:%d: key %s will not be readable by user %s after the "
                    "privilege drop, so reloads will fail\n",
-                   cfg->path, b->key_line, b->key, cfg->user);
+                   cfg->path, key_line, key, cfg->user);
     }
 }
 
@@ -134,9 +134,9 @@ main_print_summary(const struct rl_config *cfg)
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         const struct rl_listener_conf *lc = &cfg->listeners[i];
 
-        printf("  listener %s: tls %s%s, brand %s, on", lc->name, main_tls_mode(lc->tls),
+        printf("  listener %s: tls %s%s, brand %s (no SNI%s), on", lc->name, main_tls_mode(lc->tls),
                lc->tls == RL_TLS_STARTTLS ? (lc->require_tls ? " (required)" : " (optional)") : "",
-               lc->brand->name);
+               lc->brand->name, lc->sni_refuse ? "; unknown SNI refused" : " or unknown SNI");
         for (size_t j = 0; j < lc->naddrs; j++)
             printf("%s %s", j ? "," : "", lc->addrs[j].text);
         printf("\n");
@@ -145,6 +145,11 @@ main_print_summary(const struct rl_config *cfg)
         main_print_cidrs("allow", &lc->allow);
         main_print_cidrs("deny", &lc->deny);
     }
+    /* The same names choose the brand on every listener. */
+    printf("  SNI names (every listener, exact names before wildcards):\n");
+    for (size_t i = 0; i < cfg->sni.n; i++)
+        printf("    %s -> brand %s\n", cfg->sni.items[i].name,
+               cfg->brands[cfg->sni.items[i].brand].name);
     printf("  max_connection_rate: ");
     if (cfg->max_connection_rate == 0)
         printf("off\n");
@@ -168,8 +173,11 @@ main_print_summary(const struct rl_config *cfg)
     } else {
         printf("  metrics: off (no [metrics] listen)\n");
     }
-    for (size_t i = 0; i < cfg->nbrands; i++)
-        main_check_key(cfg, &cfg->brands[i]);
+    for (size_t i = 0; i < cfg->nbrands; i++) {
+        main_check_key(cfg, cfg->brands[i].key, cfg->brands[i].key_line);
+        if (cfg->brands[i].key_rsa != NULL)
+            main_check_key(cfg, cfg->brands[i].key_rsa, cfg->brands[i].key_rsa_line);
+    }
 }
 
 /* Drops root after the sockets are bound and the keys are read. */
@@ -319,7 +327,7 @@ main_metrics_commit(struct main_state *m, struct rl_snapshot *snap)
     }
     if (not_after != NULL) {
         for (size_t i = 0; i < cfg->nbrands; i++)
-            not_after[i] = rl_tls_conf_not_after(snap->brand_tls[i]);
+            not_after[i] = rl_tls_certs_not_after(snap->brand_certs[i]);
         rl_metrics_configure(m->ctx.metrics, cfg, not_after);
         free(not_after);
     }
@@ -529,6 +537,10 @@ main_watch_update(struct main_state *m)
     for (size_t i = 0; i < cfg->nbrands; i++) {
         main_watch_add(m, cfg->brands[i].cert);
         main_watch_add(m, cfg->brands[i].key);
+        if (cfg->brands[i].cert_rsa != NULL) {
+            main_watch_add(m, cfg->brands[i].cert_rsa);
+            main_watch_add(m, cfg->brands[i].key_rsa);
+        }
     }
     for (size_t i = 0; i < cfg->nupstreams; i++)
         if (cfg->upstreams[i].ca_file != NULL)

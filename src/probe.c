@@ -471,9 +471,9 @@ probe_same(const struct probe_target *a, const struct probe_target *b)
            probe_streq(x->ca_file, y->ca_file) && probe_streq(a->helo, b->helo);
 }
 
-/* The targets of snap: one per upstream that a listener's brand uses, in
- * the order listeners name them.  NULL (and *n = 0) if there is none or
- * memory is short. */
+/* The targets of snap: one per upstream that a brand uses (every brand is
+ * served on every listener, by SNI), the listeners' default brands first.
+ * NULL (and *n = 0) if there is none or memory is short. */
 static struct probe_target *
 probe_targets(const struct rl_snapshot *snap, size_t *n)
 {
@@ -483,8 +483,9 @@ probe_targets(const struct rl_snapshot *snap, size_t *n)
     *n = 0;
     if (ts == NULL)
         return NULL;
-    for (size_t i = 0; i < cfg->nlisteners; i++) {
-        const struct rl_brand_conf *b = cfg->listeners[i].brand;
+    for (size_t i = 0; i < cfg->nlisteners + cfg->nbrands; i++) {
+        const struct rl_brand_conf *b =
+            i < cfg->nlisteners ? cfg->listeners[i].brand : &cfg->brands[i - cfg->nlisteners];
         size_t k;
 
         for (k = 0; k < *n && ts[k].uc != b->upstream; k++)

@@ -23,6 +23,13 @@
  * Upstream leg:  RESOLVE -> CONNECT -> [TLS] -> GREETING -> [EHLO ->
  *                STARTTLS -> TLS] -> READY; FAILED; ABORTED
  *
+ * Brands: the listener's default brand names the greeting and the pre-TLS
+ * dialogue; once the client's TLS is up, the brand its SNI chose (tls.c)
+ * names every reply and decides the upstream, which is started only then
+ * (or, with require_tls = no, at a plaintext client's first command, for
+ * the default brand; a STARTTLS naming a brand with another upstream moves
+ * the session to that one).
+ *
  * Pipelining (RFC 2920): relayed commands enter a FIFO; each complete
  * upstream reply pops one entry and is answered to the client in order.
  * Local answers given while relayed commands are pending are queued in the
@@ -1241,7 +1248,7 @@ session_client_starttls(struct rl_session *s)
     session_reply(s, "220 2.0.0 Ready to start TLS\r\n");
     batch_flush(&s->cl_out);
     session_enter_cl(s, CL_STARTTLS);
-    rc = rl_conn_start_tls(s->cl, rl_snapshot_brand_tls(s->snap, s->brand), NULL);
+    rc = rl_conn_start_tls(s->cl, rl_snapshot_listener_tls(s->snap, s->lc), NULL);
     if (rc < 0) {
         session_close(s, "cannot start TLS");
         return false;
@@ -1590,6 +1597,66 @@ session_client_process(struct rl_session *s)
 
 /* ---- events ----------------------------------------------------------- */
 
+/*
+ * Forgets an upstream leg started for another brand's upstream: a
+ * plaintext client of a require_tls = no listener was relayed to the
+ * default brand's upstream, then its STARTTLS named a brand with another
+ * one.  Nothing but EHLO-like commands reached that upstream (STARTTLS must
+ * come before AUTH and MAIL, with nothing pending), so it gets a QUIT and
+ * the session starts over on the new one.
+ */
+static void
+session_up_reset(struct rl_session *s)
+{
+    if (!s->up_started)
+        return;
+    if (s->resolve != NULL) {
+        rl_upstream_cancel(s->resolve);
+        s->resolve = NULL;
+    }
+    if (s->up != NULL) {
+        if (s->up_state == UP_READY && s->fifo_len == 0 && !s->quit_sent) {
+            batch_send(&s->up_out, "QUIT\r\n", 6);
+            batch_flush(&s->up_out);
+            rl_conn_close(s->up);
+        } else {
+            rl_conn_abort(s->up);
+        }
+        s->up = NULL;
+        s->up_out.c = NULL;
+        s->up_out.err = 0;
+    }
+    session_up_release(s);
+    s->up_started = false;
+    s->fail_reply = NULL;
+    s->up_peer[0] = s->up_tls[0] = s->up_cipher[0] = '\0';
+    s->up_resumed = false;
+    session_enter_up(s, UP_IDLE);
+}
+
+/*
+ * The client's TLS is up: the brand its SNI chose (tls.c; the listener's
+ * default without SNI) names every reply from now on and decides the
+ * upstream.  Before this only the default brand was shown (the greeting
+ * and pre-TLS dialogue of a STARTTLS listener), and RFC 3207 §4.2 has the
+ * client start over after STARTTLS anyway.
+ */
+static void
+session_select_brand(struct rl_session *s, const struct rl_tls *t)
+{
+    const struct rl_config *cfg = s->snap->cfg;
+    size_t i = rl_tls_brand(t);
+
+    if (i >= cfg->nbrands || &cfg->brands[i] == s->brand)
+        return;
+    rl_log(RL_LOG_DEBUG, "%s brand %s -> %s", s->id, s->brand->name, cfg->brands[i].name);
+    s->brand = &cfg->brands[i];
+    if (s->brand->upstream != s->uc) {
+        session_up_reset(s);
+        s->uc = s->brand->upstream;
+    }
+}
+
 static void
 session_client_tls_ready(struct rl_session *s)
 {
@@ -1600,8 +1667,10 @@ session_client_tls_ready(struct rl_session *s)
     s->cl_tls = true;
     s->relay = true;
     rl_metrics_handshake(s->ctx->metrics, false, rl_tls_resumed(t));
-    rl_log(RL_LOG_DEBUG, "%s client TLS %s %s sni=%s", s->id, rl_tls_version(t), rl_tls_cipher(t),
-           sni ? rl_log_escape(sni, strlen(sni), esc, sizeof(esc)) : "-");
+    session_select_brand(s, t);
+    rl_log(RL_LOG_DEBUG, "%s client TLS %s %s sni=%s brand=%s", s->id, rl_tls_version(t),
+           rl_tls_cipher(t), sni ? rl_log_escape(sni, strlen(sni), esc, sizeof(esc)) : "-",
+           s->brand->name);
     if (s->cl_state == CL_TLS_ACCEPT && s->lc->tls == RL_TLS_IMPLICIT) {
         char greet[300];
 
@@ -1930,7 +1999,7 @@ session_client_start(struct rl_session *s)
     if (s->cl_state == CL_TLS_ACCEPT)
         s->step_ms = s->started_ms; /* the handshake deadline counts from accept */
     if (lc->tls == RL_TLS_IMPLICIT) {
-        const struct rl_tls_conf *conf = rl_snapshot_brand_tls(s->snap, s->brand);
+        const struct rl_tls_conf *conf = rl_snapshot_listener_tls(s->snap, s->lc);
 
         if (s->proxy_version != 0)
             rc = rl_conn_start_tls_after_proxy(s->cl, conf);

@@ -1,12 +1,17 @@
 /*
  * tls.c - every mbedTLS call in relabel, and nothing else.
  *
- * Owns two kinds of object:
- *  - struct rl_tls_conf: an mbedtls_ssl_config with its own entropy source,
- *    CTR_DRBG, certificates and key.  A server conf carries one brand's chain
- *    and key; a client conf carries the CA set used to verify the upstream.
- *    Built once at start-up, then only read (one event loop, so the DRBG
- *    needs no lock of ours); it must outlive every engine made from it.
+ * Owns three kinds of object:
+ *  - struct rl_tls_certs: one brand's certificate chains with their keys
+ *    (one, or an ECDSA and an RSA one) and the brand's session ticket keys.
+ *  - struct rl_tls_conf: an mbedtls_ssl_config with its own entropy source
+ *    and CTR_DRBG.  A server conf belongs to a listener: it serves every
+ *    brand, chosen by SNI in tls_on_sni(), with the listener's default brand
+ *    for clients that name none (or an unknown one, unless refused).  A
+ *    client conf carries the CA set used to verify the upstream.  Built
+ *    once per configuration, then only read (one event loop, so the DRBG
+ *    needs no lock of ours); it must outlive every engine made from it, and
+ *    the brands' rl_tls_certs must outlive the server confs using them.
  *  - struct rl_tls: a sans-I/O engine, one mbedtls_ssl_context between two
  *    byte buffers.  cin holds ciphertext the socket delivered and mbedTLS
  *    has not yet pulled; cout holds ciphertext mbedTLS produced and the
@@ -51,6 +56,7 @@
 #include "relabel/buf.h"
 #include "relabel/errors.h"
 #include "relabel/limits.h"
+#include "relabel/sni.h"
 #include "relabel/tls.h"
 
 /* Debian's bundle; other systems pass ca_file explicitly. */
@@ -78,7 +84,11 @@
  * then, under the same CA set and name (a conf belongs to one upstream and
  * one snapshot: a reload starts afresh).  Kept for TLS_RESUME_MAX_AGE
  * seconds at most.  The server side issues tickets under keys held in
- * memory only, rotated every TLS_TICKET_LIFETIME seconds.
+ * memory only, rotated every TLS_TICKET_LIFETIME seconds, and kept per
+ * brand: a ticket issued under one brand never resumes a session under
+ * another (RFC 6066 §3 asks a server not to resume across names), so a
+ * client always sees the certificate of the brand it asked for at least
+ * once.
  */
 #define TLS_RESUME_MAX_AGE 3600
 #define TLS_TICKET_LIFETIME 3600
@@ -89,14 +99,40 @@ struct tls_resume {
     time_t saved; /* 0: nothing to offer */
 };
 
+/* One certificate chain (leaf first) and its private key. */
+struct tls_chain {
+    mbedtls_x509_crt crt;
+    mbedtls_pk_context key;
+    bool rsa;
+};
+
+/* A brand serves at most one chain per key type: mbedTLS picks the first
+ * that fits a cipher suite, so a second of the same type would never be
+ * chosen. */
+#define TLS_CHAINS_MAX 2
+
+struct rl_tls_certs {
+    struct tls_chain chains[TLS_CHAINS_MAX];
+    size_t n;
+    mbedtls_entropy_context entropy; /* for the ticket keys */
+    mbedtls_ctr_drbg_context drbg;
+    mbedtls_ssl_ticket_context tickets;
+};
+
 struct rl_tls_conf {
     mbedtls_ssl_config ssl;
     mbedtls_entropy_context entropy;
     mbedtls_ctr_drbg_context drbg;
-    mbedtls_x509_crt certs;             /* server: own chain, leaf first; client: trusted CAs */
-    mbedtls_pk_context key;             /* server only */
-    mbedtls_ssl_ticket_context tickets; /* server only */
-    struct tls_resume *resume;          /* client only: the session to offer */
+    mbedtls_x509_crt certs;    /* client only: trusted CAs */
+    struct tls_resume *resume; /* client only: the session to offer */
+    /* Server only: the brands (not owned, except `own`), the names that
+     * choose them, the default and what an unknown name gets. */
+    struct rl_tls_certs *const *brands;
+    size_t nbrands;
+    const struct rl_sni_map *names;
+    size_t dflt;
+    bool refuse_unknown;
+    struct rl_tls_certs *own; /* rl_tls_conf_server(): its one brand */
     bool server;
 };
 
@@ -115,6 +151,8 @@ struct rl_tls {
     bool reported; /* `end` has been returned to the caller */
     bool offered;  /* client: a saved session was offered */
     bool resumed;  /* the handshake resumed a session */
+    bool refused;  /* server: the client's SNI was refused (sni_unknown = refuse) */
+    size_t brand;  /* server: index of the brand serving this client */
     unsigned char offered_master[48];
     char host[TLS_NAME_MAX]; /* client: the name verified and sent as SNI */
     char sni[TLS_NAME_MAX];  /* server: the name the client asked for */
@@ -325,11 +363,9 @@ tls_conf_new(int endpoint, char *err, size_t errlen)
     }
     conf->server = endpoint == MBEDTLS_SSL_IS_SERVER;
     mbedtls_ssl_config_init(&conf->ssl);
-    mbedtls_ssl_ticket_init(&conf->tickets);
     mbedtls_entropy_init(&conf->entropy);
     mbedtls_ctr_drbg_init(&conf->drbg);
     mbedtls_x509_crt_init(&conf->certs);
-    mbedtls_pk_init(&conf->key);
 
     rc = mbedtls_ctr_drbg_seed(&conf->drbg, mbedtls_entropy_func, &conf->entropy,
                                (const unsigned char *)pers, strlen(pers));
@@ -365,7 +401,7 @@ tls_conf_new(int endpoint, char *err, size_t errlen)
     mbedtls_ssl_conf_legacy_renegotiation(&conf->ssl, MBEDTLS_SSL_LEGACY_BREAK_HANDSHAKE);
 
     /* A client asks for tickets; a server issues them once
-     * rl_tls_conf_server() has set the ticket callbacks. */
+     * rl_tls_conf_server_sni() has set the ticket callbacks. */
     mbedtls_ssl_conf_session_tickets(&conf->ssl, MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
     return conf;
 
@@ -375,22 +411,47 @@ fail:
 }
 
 /*
- * SNI (RFC 6066 §3): records the name the client asked for and keeps the
- * conf's certificate.  Multi-brand selection goes here later: look the name
- * up and call mbedtls_ssl_set_hs_own_cert().  Names that cannot be a host
- * name (empty, too long, embedded NUL) are not recorded but do not fail the
- * handshake: the brand certificate is served either way.
+ * SNI (RFC 6066 §3): records the name the client asked for and chooses the
+ * brand that answers to it (sni.h), handing mbedTLS that brand's chains;
+ * mbedTLS then picks among them by the client's cipher suites, signature
+ * algorithms and curves (ssl_pick_cert: an ECDSA suite needs an EC key on
+ * a curve the client offered).  A name no brand answers to gets the
+ * conf's own chains, the default brand's, or with refuse_unknown fails the
+ * handshake: mbedTLS then sends the unrecognized_name alert.  A name that
+ * cannot be a host name (empty, too long, NUL, non-ASCII) is unknown.
+ * Without SNI this is never called and the default brand serves.
  */
 static int
 tls_on_sni(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len)
 {
     struct rl_tls *t = TLS_CONTAINER_OF(ssl, struct rl_tls, ssl);
+    const struct rl_tls_conf *conf = arg;
+    const struct rl_sni_name *hit;
+    struct rl_tls_certs *c;
 
-    (void)arg;
-    if (len == 0 || len >= sizeof t->sni || memchr(name, '\0', len) != NULL)
+    if (len > 0 && len < sizeof t->sni && memchr(name, '\0', len) == NULL) {
+        memcpy(t->sni, name, len);
+        t->sni[len] = '\0';
+    }
+    hit = rl_sni_lookup(conf->names, (const char *)name, len);
+    if (hit == NULL || hit->brand >= conf->nbrands) {
+        t->refused = conf->refuse_unknown;
+        return conf->refuse_unknown ? -1 : 0;
+    }
+    /* A ticket read before the name (extensions come in the client's
+     * order) was one of the default brand's: it must not resume a session
+     * of another brand. */
+    if (t->resumed && hit->brand != t->brand) {
+        t->refused = true;
+        return -1;
+    }
+    t->brand = hit->brand;
+    if (t->brand == conf->dflt)
         return 0;
-    memcpy(t->sni, name, len);
-    t->sni[len] = '\0';
+    c = conf->brands[t->brand];
+    for (size_t i = 0; i < c->n; i++)
+        if (mbedtls_ssl_set_hs_own_cert(ssl, &c->chains[i].crt, &c->chains[i].key) != 0)
+            return -1;
     return 0;
 }
 
@@ -427,14 +488,13 @@ rl_tls_conf_free(struct rl_tls_conf *conf)
     if (conf == NULL)
         return;
     mbedtls_ssl_config_free(&conf->ssl);
-    mbedtls_ssl_ticket_free(&conf->tickets); /* zeroizes the ticket keys */
     if (conf->resume != NULL) {
         mbedtls_ssl_session_free(&conf->resume->session);
         pthread_mutex_destroy(&conf->resume->lock);
         free(conf->resume);
     }
     mbedtls_x509_crt_free(&conf->certs);
-    mbedtls_pk_free(&conf->key); /* zeroizes the key */
+    rl_tls_certs_free(conf->own);
     mbedtls_ctr_drbg_free(&conf->drbg);
     mbedtls_entropy_free(&conf->entropy);
     free(conf);
@@ -444,32 +504,34 @@ rl_tls_conf_free(struct rl_tls_conf *conf)
  * that a bad pair fails at start-up (and in --check), not at every
  * handshake. */
 static bool
-tls_check_server_key(struct rl_tls_conf *conf, const char *cert_path, const char *key_path,
-                     char *err, size_t errlen)
+tls_check_server_key(struct tls_chain *ch, const char *cert_path, const char *key_path, char *err,
+                     size_t errlen)
 {
-    mbedtls_pk_type_t type = mbedtls_pk_get_type(&conf->key);
+    mbedtls_pk_type_t type = mbedtls_pk_get_type(&ch->key);
     int rc;
 
     if (type == MBEDTLS_PK_ECKEY || type == MBEDTLS_PK_ECKEY_DH || type == MBEDTLS_PK_ECDSA) {
-        mbedtls_ecp_group_id gid = mbedtls_pk_ec(conf->key)->grp.id;
+        mbedtls_ecp_group_id gid = mbedtls_pk_ec(ch->key)->grp.id;
 
         if (gid != MBEDTLS_ECP_DP_SECP256R1 && gid != MBEDTLS_ECP_DP_SECP384R1) {
             tls_conf_error(err, errlen, "private key %s: EC keys must be on P-256 or P-384",
                            key_path);
             return false;
         }
+        ch->rsa = false;
     } else if (type == MBEDTLS_PK_RSA) {
-        if (mbedtls_pk_get_bitlen(&conf->key) < 2048) {
+        if (mbedtls_pk_get_bitlen(&ch->key) < 2048) {
             tls_conf_error(err, errlen, "private key %s: RSA keys must have at least 2048 bits",
                            key_path);
             return false;
         }
+        ch->rsa = true;
     } else {
         tls_conf_error(err, errlen, "private key %s: not an RSA or EC key", key_path);
         return false;
     }
 
-    rc = mbedtls_pk_check_pair(&conf->certs.pk, &conf->key);
+    rc = mbedtls_pk_check_pair(&ch->crt.pk, &ch->key);
     if (rc != 0) {
         tls_conf_error(err, errlen,
                        "private key %s does not match the certificate in %s (the first "
@@ -477,14 +539,14 @@ tls_check_server_key(struct rl_tls_conf *conf, const char *cert_path, const char
                        key_path, cert_path);
         return false;
     }
-    if (mbedtls_x509_crt_check_key_usage(&conf->certs, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0) {
+    if (mbedtls_x509_crt_check_key_usage(&ch->crt, MBEDTLS_X509_KU_DIGITAL_SIGNATURE) != 0) {
         tls_conf_error(err, errlen,
                        "certificate %s: keyUsage does not allow digitalSignature, which "
                        "ECDHE needs",
                        cert_path);
         return false;
     }
-    if (mbedtls_x509_crt_check_extended_key_usage(&conf->certs, MBEDTLS_OID_SERVER_AUTH,
+    if (mbedtls_x509_crt_check_extended_key_usage(&ch->crt, MBEDTLS_OID_SERVER_AUTH,
                                                   MBEDTLS_OID_SIZE(MBEDTLS_OID_SERVER_AUTH)) != 0) {
         tls_conf_error(err, errlen, "certificate %s: extendedKeyUsage does not allow serverAuth",
                        cert_path);
@@ -494,37 +556,109 @@ tls_check_server_key(struct rl_tls_conf *conf, const char *cert_path, const char
 }
 
 /* The engine whose handshake is being stepped (engines of one thread are
- * stepped one at a time), so that the ticket callback can note that the
- * client resumed. */
+ * stepped one at a time), so that the ticket callbacks know the brand and
+ * can note that the client resumed. */
 static _Thread_local struct rl_tls *tls_stepping;
 
+/* Tickets are sealed and opened with the keys of the brand serving the
+ * handshake at that moment (see tls_on_sni() for a ticket read before the
+ * name). */
 static int
-tls_ticket_parse(void *ctx, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+tls_ticket_write(void *arg, const mbedtls_ssl_session *session, unsigned char *start,
+                 const unsigned char *end, size_t *tlen, uint32_t *lifetime)
 {
-    int rc = mbedtls_ssl_ticket_parse(ctx, session, buf, len);
+    const struct rl_tls_conf *conf = arg;
+    struct rl_tls *t = tls_stepping;
 
-    if (rc == 0 && tls_stepping != NULL)
-        tls_stepping->resumed = true;
+    if (t == NULL || t->conf != conf)
+        return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+    return mbedtls_ssl_ticket_write(&conf->brands[t->brand]->tickets, session, start, end, tlen,
+                                    lifetime);
+}
+
+static int
+tls_ticket_parse(void *arg, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+{
+    const struct rl_tls_conf *conf = arg;
+    struct rl_tls *t = tls_stepping;
+    int rc;
+
+    if (t == NULL || t->conf != conf)
+        return MBEDTLS_ERR_SSL_INVALID_MAC; /* a full handshake then */
+    rc = mbedtls_ssl_ticket_parse(&conf->brands[t->brand]->tickets, session, buf, len);
+    if (rc == 0)
+        t->resumed = true;
     return rc;
 }
 
-struct rl_tls_conf *
-rl_tls_conf_server(const char *cert_path, const char *key_path, char *err, size_t errlen)
+struct rl_tls_certs *
+rl_tls_certs_new(char *err, size_t errlen)
 {
-    struct rl_tls_conf *conf;
+    static const char pers[] = "relabel tls tickets";
+    struct rl_tls_certs *c = calloc(1, sizeof *c);
+    char msg[128];
+    int rc;
+
+    if (c == NULL) {
+        tls_conf_error(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < TLS_CHAINS_MAX; i++) {
+        mbedtls_x509_crt_init(&c->chains[i].crt);
+        mbedtls_pk_init(&c->chains[i].key);
+    }
+    mbedtls_entropy_init(&c->entropy);
+    mbedtls_ctr_drbg_init(&c->drbg);
+    mbedtls_ssl_ticket_init(&c->tickets);
+    rc = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
+                               (const unsigned char *)pers, strlen(pers));
+    if (rc == 0)
+        rc = mbedtls_ssl_ticket_setup(&c->tickets, mbedtls_ctr_drbg_random, &c->drbg,
+                                      MBEDTLS_CIPHER_AES_256_GCM, TLS_TICKET_LIFETIME);
+    if (rc != 0) {
+        tls_conf_error(err, errlen, "session tickets: %s", tls_mbedtls_text(rc, msg, sizeof msg));
+        rl_tls_certs_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void
+rl_tls_certs_free(struct rl_tls_certs *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < TLS_CHAINS_MAX; i++) {
+        mbedtls_x509_crt_free(&c->chains[i].crt);
+        mbedtls_pk_free(&c->chains[i].key); /* zeroizes the key */
+    }
+    mbedtls_ssl_ticket_free(&c->tickets); /* zeroizes the ticket keys */
+    mbedtls_ctr_drbg_free(&c->drbg);
+    mbedtls_entropy_free(&c->entropy);
+    free(c);
+}
+
+int
+rl_tls_certs_add(struct rl_tls_certs *c, const char *cert_path, const char *key_path, bool *rsa,
+                 char *err, size_t errlen)
+{
+    struct tls_chain *ch;
     char msg[128];
     int rc;
 
     if (!tls_check_readable("certificate", cert_path, err, errlen) ||
         !tls_check_readable("private key", key_path, err, errlen))
-        return NULL;
-    conf = tls_conf_new(MBEDTLS_SSL_IS_SERVER, err, errlen);
-    if (conf == NULL)
-        return NULL;
+        return -1;
+    if (c->n == TLS_CHAINS_MAX) {
+        tls_conf_error(err, errlen, "certificate %s: a brand has at most %d certificates",
+                       cert_path, TLS_CHAINS_MAX);
+        return -1;
+    }
+    ch = &c->chains[c->n];
 
     /* Every certificate in the file, in file order: mbedTLS sends the list
      * as it is, so the leaf must come first (as in certbot's fullchain). */
-    rc = mbedtls_x509_crt_parse_file(&conf->certs, cert_path);
+    rc = mbedtls_x509_crt_parse_file(&ch->crt, cert_path);
     if (rc < 0) {
         tls_conf_error(err, errlen, "certificate %s: %s", cert_path,
                        tls_mbedtls_text(rc, msg, sizeof msg));
@@ -538,7 +672,7 @@ rl_tls_conf_server(const char *cert_path, const char *key_path, char *err, size_
         goto fail;
     }
 
-    rc = mbedtls_pk_parse_keyfile(&conf->key, key_path, NULL);
+    rc = mbedtls_pk_parse_keyfile(&ch->key, key_path, NULL);
     if (rc == MBEDTLS_ERR_PK_PASSWORD_REQUIRED) {
         tls_conf_error(err, errlen, "private key %s is encrypted; relabel needs it unencrypted",
                        key_path);
@@ -549,31 +683,178 @@ rl_tls_conf_server(const char *cert_path, const char *key_path, char *err, size_
                        tls_mbedtls_text(rc, msg, sizeof msg));
         goto fail;
     }
-    if (!tls_check_server_key(conf, cert_path, key_path, err, errlen))
+    if (!tls_check_server_key(ch, cert_path, key_path, err, errlen))
         goto fail;
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->chains[i].rsa == ch->rsa) {
+            tls_conf_error(err, errlen,
+                           "certificate %s: the brand already has an %s certificate, and a "
+                           "second one would never be chosen",
+                           cert_path, ch->rsa ? "RSA" : "ECDSA");
+            goto fail;
+        }
+    }
+    if (rsa != NULL)
+        *rsa = ch->rsa;
+    c->n++;
+    return 0;
 
-    rc = mbedtls_ssl_conf_own_cert(&conf->ssl, &conf->certs, &conf->key);
-    if (rc != 0) {
-        tls_conf_error(err, errlen, "certificate %s: %s", cert_path,
-                       tls_mbedtls_text(rc, msg, sizeof msg));
-        goto fail;
+fail:
+    mbedtls_x509_crt_free(&ch->crt);
+    mbedtls_pk_free(&ch->key);
+    mbedtls_x509_crt_init(&ch->crt);
+    mbedtls_pk_init(&ch->key);
+    return -1;
+}
+
+size_t
+rl_tls_certs_count(const struct rl_tls_certs *c)
+{
+    return c->n;
+}
+
+/* "CN=... DNS=... notAfter=... days_left=N chain=N" for one chain. */
+static long
+tls_describe_chain(const struct tls_chain *ch, char *out, size_t cap)
+{
+    const mbedtls_x509_crt *crt;
+    char names[256], when[32];
+    size_t len = 0;
+    long days;
+    int n = 0;
+
+    if (cap > 0)
+        out[0] = '\0';
+    for (crt = &ch->crt; crt != NULL && crt->version != 0; crt = crt->next)
+        n++;
+    crt = &ch->crt;
+    tls_crt_names(crt, names, sizeof names);
+    tls_format_time(&crt->valid_to, when, sizeof when);
+    days = tls_days_until(&crt->valid_to);
+    tls_append(out, cap, &len, "%s notAfter=%s days_left=%ld chain=%d%s", names, when, days, n,
+               days < 0 ? " EXPIRED" : "");
+    return days;
+}
+
+long
+rl_tls_certs_describe(const struct rl_tls_certs *c, size_t i, char *out, size_t cap)
+{
+    size_t len;
+    long days;
+
+    if (i >= c->n) {
+        if (cap > 0)
+            out[0] = '\0';
+        return 0;
+    }
+    days = tls_describe_chain(&c->chains[i], out, cap);
+    len = strlen(out);
+    tls_append(out, cap, &len, " key=%s", c->chains[i].rsa ? "RSA" : "ECDSA");
+    return days;
+}
+
+double
+rl_tls_certs_not_after(const struct rl_tls_certs *c)
+{
+    double first = 0;
+
+    for (size_t i = 0; i < c->n; i++) {
+        double t = (double)tls_epoch(&c->chains[i].crt.valid_to);
+
+        if (i == 0 || t < first)
+            first = t;
+    }
+    return first;
+}
+
+bool
+rl_tls_certs_covers(const struct rl_tls_certs *c, size_t i, const char *name)
+{
+    const mbedtls_x509_crt *crt;
+    const mbedtls_x509_sequence *san;
+    const mbedtls_x509_name *cn;
+    bool any_dns = false;
+
+    if (i >= c->n)
+        return false;
+    crt = &c->chains[i].crt;
+    for (san = &crt->subject_alt_names; san != NULL; san = san->next) {
+        if (san->buf.p == NULL ||
+            san->buf.tag != (MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_DNS_NAME))
+            continue;
+        any_dns = true;
+        if (rl_sni_covers((const char *)san->buf.p, san->buf.len, name))
+            return true;
+    }
+    if (any_dns)
+        return false;
+    /* No DNS names at all: clients that still read the subject's CN (as
+     * mbedTLS itself does) match that. */
+    for (cn = &crt->subject; cn != NULL; cn = cn->next)
+        if (cn->oid.p != NULL && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &cn->oid) == 0)
+            return rl_sni_covers((const char *)cn->val.p, cn->val.len, name);
+    return false;
+}
+
+struct rl_tls_conf *
+rl_tls_conf_server_sni(struct rl_tls_certs *const *brands, size_t nbrands,
+                       const struct rl_sni_map *names, size_t dflt, bool refuse_unknown, char *err,
+                       size_t errlen)
+{
+    struct rl_tls_conf *conf;
+    char msg[128];
+    int rc;
+
+    if (dflt >= nbrands || brands[dflt] == NULL || brands[dflt]->n == 0) {
+        tls_conf_error(err, errlen, "no certificate for the default brand");
+        return NULL;
+    }
+    conf = tls_conf_new(MBEDTLS_SSL_IS_SERVER, err, errlen);
+    if (conf == NULL)
+        return NULL;
+    conf->brands = brands;
+    conf->nbrands = nbrands;
+    conf->names = names;
+    conf->dflt = dflt;
+    conf->refuse_unknown = refuse_unknown;
+
+    /* The default brand's chains serve clients without SNI (and unknown
+     * names); mbedTLS keeps them as a list and picks per cipher suite. */
+    for (size_t i = 0; i < brands[dflt]->n; i++) {
+        struct tls_chain *ch = &brands[dflt]->chains[i];
+
+        rc = mbedtls_ssl_conf_own_cert(&conf->ssl, &ch->crt, &ch->key);
+        if (rc != 0) {
+            tls_conf_error(err, errlen, "certificate: %s", tls_mbedtls_text(rc, msg, sizeof msg));
+            rl_tls_conf_free(conf);
+            return NULL;
+        }
     }
     /* SMTP clients are not asked for certificates. */
     mbedtls_ssl_conf_authmode(&conf->ssl, MBEDTLS_SSL_VERIFY_NONE);
     mbedtls_ssl_conf_sni(&conf->ssl, tls_on_sni, conf);
-    rc = mbedtls_ssl_ticket_setup(&conf->tickets, mbedtls_ctr_drbg_random, &conf->drbg,
-                                  MBEDTLS_CIPHER_AES_256_GCM, TLS_TICKET_LIFETIME);
-    if (rc != 0) {
-        tls_conf_error(err, errlen, "session tickets: %s", tls_mbedtls_text(rc, msg, sizeof msg));
-        goto fail;
-    }
-    mbedtls_ssl_conf_session_tickets_cb(&conf->ssl, mbedtls_ssl_ticket_write, tls_ticket_parse,
-                                        &conf->tickets);
+    mbedtls_ssl_conf_session_tickets_cb(&conf->ssl, tls_ticket_write, tls_ticket_parse, conf);
     return conf;
+}
 
-fail:
-    rl_tls_conf_free(conf);
-    return NULL;
+struct rl_tls_conf *
+rl_tls_conf_server(const char *cert_path, const char *key_path, char *err, size_t errlen)
+{
+    struct rl_tls_certs *one[1] = {rl_tls_certs_new(err, errlen)};
+    struct rl_tls_conf *conf = NULL;
+
+    if (one[0] == NULL)
+        return NULL;
+    if (rl_tls_certs_add(one[0], cert_path, key_path, NULL, err, errlen) == 0)
+        conf = rl_tls_conf_server_sni(one, 1, NULL, 0, false, err, errlen);
+    if (conf == NULL) {
+        rl_tls_certs_free(one[0]);
+        return NULL;
+    }
+    /* The conf owns its one brand; its brand list must outlive this call. */
+    conf->own = one[0];
+    conf->brands = &conf->own;
+    return conf;
 }
 
 struct rl_tls_conf *
@@ -630,36 +911,25 @@ long
 rl_tls_conf_describe(const struct rl_tls_conf *conf, char *out, size_t cap)
 {
     const mbedtls_x509_crt *crt;
-    char names[256], when[32];
     size_t len = 0;
-    long days;
     int n = 0;
 
     if (cap > 0)
         out[0] = '\0';
-    if (!conf->server) {
-        for (crt = &conf->certs; crt != NULL && crt->version != 0; crt = crt->next)
-            n++;
-        tls_append(out, cap, &len, "client: %d trusted CA certificates", n);
-        return 0;
-    }
+    if (conf->server)
+        return tls_describe_chain(&conf->brands[conf->dflt]->chains[0], out, cap);
     for (crt = &conf->certs; crt != NULL && crt->version != 0; crt = crt->next)
         n++;
-    crt = &conf->certs;
-    tls_crt_names(crt, names, sizeof names);
-    tls_format_time(&crt->valid_to, when, sizeof when);
-    days = tls_days_until(&crt->valid_to);
-    tls_append(out, cap, &len, "%s notAfter=%s days_left=%ld chain=%d%s", names, when, days, n,
-               days < 0 ? " EXPIRED" : "");
-    return days;
+    tls_append(out, cap, &len, "client: %d trusted CA certificates", n);
+    return 0;
 }
 
 double
 rl_tls_conf_not_after(const struct rl_tls_conf *conf)
 {
-    if (!conf->server || conf->certs.version == 0)
+    if (!conf->server)
         return 0;
-    return (double)tls_epoch(&conf->certs.valid_to);
+    return rl_tls_certs_not_after(conf->brands[conf->dflt]);
 }
 
 /* ---- the engine -------------------------------------------------------- */
@@ -804,6 +1074,7 @@ rl_tls_new(const struct rl_tls_conf *conf, const char *hostname)
         return NULL;
     t->conf = conf;
     t->alert = -1;
+    t->brand = conf->dflt;
     rl_buf_init(&t->cin, TLS_CIN_MAX);
     rl_buf_init(&t->cout, RL_CONN_OUT_MAX);
     mbedtls_ssl_init(&t->ssl);
@@ -1021,6 +1292,12 @@ rl_tls_sni(const struct rl_tls *t)
     return t->sni[0] != '\0' ? t->sni : NULL;
 }
 
+size_t
+rl_tls_brand(const struct rl_tls *t)
+{
+    return t->brand;
+}
+
 int
 rl_tls_error(const struct rl_tls *t)
 {
@@ -1140,6 +1417,8 @@ tls_verify_text(const struct rl_tls *t, char *buf, size_t len)
 const char *
 rl_tls_failure_class(const struct rl_tls *t)
 {
+    if (t->refused)
+        return "sni";
     switch (t->err) {
     case MBEDTLS_ERR_X509_CERT_VERIFY_FAILED:
         return "verify";
@@ -1164,6 +1443,13 @@ rl_tls_strerror(const struct rl_tls *t, char *buf, size_t len)
     buf[0] = '\0';
     if (t->bio_err != 0) {
         tls_append(buf, len, &n, "TLS output buffer: %s", rl_strerror(t->bio_err));
+        return buf;
+    }
+    if (t->refused) {
+        tls_append(buf, len, &n,
+                   t->resumed ? "TLS handshake refused: a session ticket of another brand"
+                              : "TLS handshake refused: no brand answers to the name asked for "
+                                "(sni_unknown = refuse)");
         return buf;
     }
     switch (t->err) {

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 
 #include "relabel/cidr.h"
+#include "relabel/sni.h"
 
 enum rl_tls_mode { RL_TLS_IMPLICIT, RL_TLS_STARTTLS };
 enum rl_log_format { RL_LOG_TEXT, RL_LOG_JSON };
@@ -44,14 +45,30 @@ struct rl_upstream_conf {
     size_t nhide;
 };
 
+/* A name a brand answers to besides its hostname, with its config line. */
+struct rl_brand_alias {
+    char *name; /* a DNS name, or "*.example.net" */
+    int line;
+};
+
 struct rl_brand_conf {
     char *name;
     int line;
     char *hostname;
-    char *cert;
+    int hostname_line;
+    struct rl_brand_alias *aliases; /* further names clients may ask for (SNI) */
+    size_t naliases;
+    char *cert; /* any key type */
     int cert_line;
     char *key;
     int key_line;
+    /* Optional second pair, an RSA certificate next to an ECDSA `cert`:
+     * each client gets the one its cipher suites and signature algorithms
+     * allow.  NULL when not given. */
+    char *cert_rsa;
+    int cert_rsa_line;
+    char *key_rsa;
+    int key_rsa_line;
     struct rl_upstream_conf *upstream; /* points into rl_config.upstreams */
 };
 
@@ -63,7 +80,11 @@ struct rl_listener_conf {
     int listen_line; /* line of the listen key (0 for a default listener) */
     enum rl_tls_mode tls;
     bool require_tls; /* STARTTLS listeners: nothing but EHLO/HELO/NOOP/RSET/QUIT before TLS */
-    struct rl_brand_conf *brand; /* points into rl_config.brands */
+    /* The default brand (points into rl_config.brands): its name is in the
+     * greeting before STARTTLS, and it serves clients that send no SNI or,
+     * unless sni_refuse, a name no brand answers to. */
+    struct rl_brand_conf *brand;
+    bool sni_refuse; /* a name no brand answers to fails the handshake (unrecognized_name) */
     /* PROXY protocol: the versions accepted (RL_PROXY_V1 | RL_PROXY_V2, see
      * proxy.h), 0 for none.  When set, every connection must come from
      * proxy_trusted (never empty then) and start with a header. */
@@ -110,6 +131,9 @@ struct rl_config {
     size_t nbrands;
     struct rl_upstream_conf *upstreams; /* sections and presets in use */
     size_t nupstreams;
+    /* Every brand's hostname and aliases, for choosing a brand by SNI on
+     * every listener; see sni.h.  No name belongs to two brands. */
+    struct rl_sni_map sni;
 
     /* [metrics] */
     struct rl_addr *metrics_addrs; /* none: no HTTP endpoint and no upstream checks */

@@ -99,5 +99,13 @@
 
 /* Mailgun documents 25 MB per message even though it advertises 50 MB. */
 #define RL_MAILGUN_MAX_MESSAGE (25u * 1024u * 1024u)
+/* SendGrid documents a total message size of 20,480,000 bytes (headers,
+ * body and attachments); its newer web API allows 30 MB, but no SMTP
+ * figure beyond the first is published. */
+#define RL_SENDGRID_MAX_MESSAGE 20480000u
+/* Amazon SES: 40 MB per message over SMTP, counted after encoding. */
+#define RL_SES_MAX_MESSAGE (40u * 1024u * 1024u)
+/* Postmark: 10 MB per message, attachments included, after encoding. */
+#define RL_POSTMARK_MAX_MESSAGE (10u * 1024u * 1024u)
 
 #endif

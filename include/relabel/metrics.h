@@ -44,6 +44,7 @@
     X(ALERT, "alert")       /* the peer sent a fatal alert */                                      \
     X(CLOSED, "closed")     /* the peer closed or reset the connection */                          \
     X(TIMEOUT, "timeout")   /* the handshake did not finish in time */                             \
+    X(SNI, "sni")           /* the client's SNI named no brand, and sni_unknown = refuse */        \
     X(PROTOCOL, "protocol") /* anything else: no common cipher or version, bad records */
 
 struct rl_metrics;

@@ -1,10 +1,12 @@
 /*
  * tls.h - every mbedTLS call lives behind this header.
  *
- * Two parts:
- *  - configurations (struct rl_tls_conf): a server one per brand certificate,
- *    a client one per upstream; built once at start-up, shared read-only by
- *    all sessions;
+ * Three parts:
+ *  - brand certificates (struct rl_tls_certs): one brand's chains and keys,
+ *    an ECDSA and/or an RSA one, with the brand's session ticket keys;
+ *  - configurations (struct rl_tls_conf): a server one per listener, serving
+ *    every brand by SNI, and a client one per upstream; built once per
+ *    configuration, shared read-only by all sessions;
  *  - a sans-I/O TLS engine (struct rl_tls): ciphertext in through cin,
  *    ciphertext out through cout, plaintext through rl_tls_read() and
  *    rl_tls_write().  No sockets, no libuv, no logging.
@@ -24,7 +26,9 @@
 #include <stddef.h>
 
 #include "relabel/buf.h"
+#include "relabel/sni.h"
 
+struct rl_tls_certs;
 struct rl_tls_conf;
 struct rl_tls;
 
@@ -32,12 +36,54 @@ struct rl_tls;
  * negative: RL_E_TLS (see rl_tls_error()) or RL_E_TLS_TRUNCATED. */
 #define RL_TLS_WANT 1
 
+/* An empty set of certificates for one brand, with fresh session ticket
+ * keys of its own.  NULL (reason in err) if the random generator fails. */
+struct rl_tls_certs *rl_tls_certs_new(char *err, size_t errlen);
+void rl_tls_certs_free(struct rl_tls_certs *c);
+
 /*
- * Server configuration from a PEM certificate file (leaf first, then the
- * chain) and a PEM private key (RSA or EC).  Fails if either cannot be read
- * or parsed, or if the key does not match the certificate.  On failure
- * returns NULL and writes a one-line reason (no key material) into err.
+ * Adds a PEM certificate file (leaf first, then the chain) and its PEM
+ * private key (RSA of 2048 bits or more, or EC on P-256 or P-384).  Fails
+ * if either cannot be read or parsed, if the key does not match the
+ * certificate or cannot serve relabel's suites, or if the brand already
+ * has a certificate with a key of the same type (mbedTLS would never
+ * choose the second).  Returns 0 and sets *rsa (may be NULL) to whether
+ * the key is RSA, or -1 with a one-line reason (no key material) in err.
  */
+int rl_tls_certs_add(struct rl_tls_certs *c, const char *cert_path, const char *key_path, bool *rsa,
+                     char *err, size_t errlen);
+
+/* How many certificates the brand has (0..2). */
+size_t rl_tls_certs_count(const struct rl_tls_certs *c);
+
+/* For `relabel --check`: the i-th certificate's subject CN, DNS names,
+ * expiry, days left, chain length and key type.  Returns the days left
+ * (negative if expired). */
+long rl_tls_certs_describe(const struct rl_tls_certs *c, size_t i, char *out, size_t cap);
+
+/* The earliest notAfter of the brand's certificates (seconds since the
+ * epoch; 0 with none). */
+double rl_tls_certs_not_after(const struct rl_tls_certs *c);
+
+/* Whether the i-th certificate names `name` (a DNS name or "*.x"): its DNS
+ * subjectAltNames, or its CN when it has none; see rl_sni_covers(). */
+bool rl_tls_certs_covers(const struct rl_tls_certs *c, size_t i, const char *name);
+
+/*
+ * A listener's server configuration: brands[names' index] for a client
+ * naming it by SNI (sni.h), brands[dflt] for a client naming none, and
+ * for an unknown name brands[dflt] or, with refuse_unknown, a failed
+ * handshake (unrecognized_name alert).  Each brand's certificates are
+ * chosen among by the client's suites and signature algorithms.  brands,
+ * the certificates and names (may be NULL: no names) are not copied and
+ * must outlive the conf.  NULL with a reason in err on failure.
+ */
+struct rl_tls_conf *rl_tls_conf_server_sni(struct rl_tls_certs *const *brands, size_t nbrands,
+                                           const struct rl_sni_map *names, size_t dflt,
+                                           bool refuse_unknown, char *err, size_t errlen);
+
+/* A server configuration with one brand from one certificate and key, as
+ * rl_tls_certs_add() checks them; the conf owns the certificates. */
 struct rl_tls_conf *rl_tls_conf_server(const char *cert_path, const char *key_path, char *err,
                                        size_t errlen);
 
@@ -48,13 +94,13 @@ struct rl_tls_conf *rl_tls_conf_client(const char *ca_path, char *err, size_t er
 
 void rl_tls_conf_free(struct rl_tls_conf *conf);
 
-/* For `relabel --check`: one line describing the server certificate:
- * subject CN, DNS names, expiry date and days left.  Returns the days left
- * (negative if expired) and fills out. */
+/* One line describing the default brand's first certificate (subject CN,
+ * DNS names, expiry date, days left), or a client conf's CA count.
+ * Returns the days left (negative if expired) and fills out. */
 long rl_tls_conf_describe(const struct rl_tls_conf *conf, char *out, size_t cap);
 
-/* The server certificate's notAfter in seconds since the epoch (0 for a
- * client configuration). */
+/* The default brand's earliest notAfter in seconds since the epoch (0 for
+ * a client configuration). */
 double rl_tls_conf_not_after(const struct rl_tls_conf *conf);
 
 /*
@@ -113,6 +159,10 @@ const char *rl_tls_version(const struct rl_tls *t);
 const char *rl_tls_cipher(const struct rl_tls *t);
 const char *rl_tls_sni(const struct rl_tls *t);
 
+/* Server: the index (into the conf's brands) of the brand serving this
+ * client: chosen by SNI during the handshake, else the default. */
+size_t rl_tls_brand(const struct rl_tls *t);
+
 /* The last mbedTLS error code, and a one-line text for it (for client
  * engines with a failed verification the text names the reason: expired,
  * name mismatch, unknown CA, ...). */
@@ -121,8 +171,8 @@ const char *rl_tls_strerror(const struct rl_tls *t, char *buf, size_t len);
 
 /* The kind of failure that ended the engine, one word for counting:
  * "verify" (the peer's certificate), "alert" (the peer sent a fatal
- * alert), "closed" (the peer closed during the handshake) or "protocol"
- * (anything else). */
+ * alert), "closed" (the peer closed during the handshake), "sni" (the
+ * client's SNI was refused) or "protocol" (anything else). */
 const char *rl_tls_failure_class(const struct rl_tls *t);
 
 #endif

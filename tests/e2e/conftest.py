@@ -15,8 +15,9 @@ Fixtures (see harness.py for the classes):
                        -> a started AioUpstream (aiosmtpd, Mailgun look-alike)
     scripted_factory   make(**knobs) -> a started ScriptedUpstream (faults)
     relabel_factory    make(upstream_port, upstream_tls, relabel_opts=..., listener_opts=...,
-                       brand_opts=..., upstream_opts=..., metrics_opts=None, wrapper=None,
-                       start_timeout=10, stop_timeout=10)
+                       brand_opts=..., upstream_opts=..., metrics_opts=None, brands=None,
+                       upstreams=None, wrapper=None, start_timeout=10, stop_timeout=10)
+                       (listener_opts naming a new listener adds it on a free port)
                        -> a started Relabel; stopped with SIGTERM at teardown, exit 0 asserted
     relay              parametrized over the four modes (client implicit/starttls x
                        upstream implicit/starttls): .session() gives a client at relay state
@@ -44,7 +45,8 @@ def certs(tmp_path_factory):
         pytest.fail(f"{script} failed ({res.returncode}): {res.stdout!r} {res.stderr!r}")
     for name in ("ca.crt", "ca.key", "upstream.crt", "upstream.key", "brand.crt", "brand.key",
                  "wrongname.crt", "wrongname.key", "expired.crt", "expired.key",
-                 "unknownca.crt", "unknownca.key", "mismatch.key"):
+                 "unknownca.crt", "unknownca.key", "mismatch.key", "brand-rsa.crt",
+                 "brand-rsa.key", "brand-b.crt", "brand-b.key", "brand-c.crt", "brand-c.key"):
         if not os.path.exists(os.path.join(out, name)):
             pytest.fail(f"{script} did not make {name}")
     return out
@@ -101,11 +103,14 @@ def relabel_factory(certs, relabel_binary, tmp_path):
     made = []
 
     def make(upstream_port, upstream_tls="implicit", relabel_opts=None, listener_opts=None,
-             brand_opts=None, upstream_opts=None, metrics_opts=None, wrapper=None,
-             start_timeout=h.TIMEOUT, stop_timeout=h.TIMEOUT):
+             brand_opts=None, upstream_opts=None, metrics_opts=None, brands=None, upstreams=None,
+             wrapper=None, start_timeout=h.TIMEOUT, stop_timeout=h.TIMEOUT):
         ports = {"smtps": h.free_port(), "submission": h.free_port()}
+        for name in listener_opts or {}:
+            ports.setdefault(name, h.free_port())
         cfg = h.relabel_config(certs, upstream_port, upstream_tls, ports, relabel_opts,
-                               listener_opts, brand_opts, upstream_opts, metrics_opts)
+                               listener_opts, brand_opts, upstream_opts, metrics_opts, brands,
+                               upstreams)
         path = str(tmp_path / f"relabel-{len(made)}.ini")
         with open(path, "w") as f:
             f.write(cfg.text())

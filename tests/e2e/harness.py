@@ -931,14 +931,27 @@ class ConfigText:
         return "\n".join(self.lines) + "\n"
 
 
+def upstream_section(certs, port, tls="implicit", **more):
+    """The keys of an [upstream] section for a fake upstream on 127.0.0.1:port."""
+    opts = {"host": LOCALHOST, "port": str(port), "tls": tls,
+            "verify_name": UPSTREAM_VERIFY_NAME, "ca_file": os.path.join(certs, "ca.crt"),
+            "hide": "mailgun.org, postgun.com, mailgun"}
+    opts.update(more)
+    return opts
+
+
 def relabel_config(certs, upstream_port, upstream_tls, ports, relabel_opts=None,
-                   listener_opts=None, brand_opts=None, upstream_opts=None, metrics_opts=None):
+                   listener_opts=None, brand_opts=None, upstream_opts=None, metrics_opts=None,
+                   brands=None, upstreams=None):
     """
     The standard test config: listener "smtps" (implicit) on ports["smtps"],
     listener "submission" (starttls) on ports["submission"], brand "example",
     upstream "test" on 127.0.0.1:upstream_port, and with metrics_opts a
     [metrics] section of exactly those keys.  *_opts override or add keys
-    (None as a value removes a key).  Returns a ConfigText.
+    (None as a value removes a key).  A listener_opts entry with another name
+    adds a listener on ports[name] (default brand "example").  brands and
+    upstreams ({name: {key: value}}) add [brand] and [upstream] sections
+    after the standard ones.  Returns a ConfigText.
     """
     relabel = {"log_level": "debug", "command_timeout": "5s", "data_timeout": "5s",
                "upstream_connect_timeout": "3s", "upstream_timeout": "10s",
@@ -948,6 +961,8 @@ def relabel_config(certs, upstream_port, upstream_tls, ports, relabel_opts=None,
            "submission": {"listen": f"{LOCALHOST}:{ports['submission']}", "tls": "starttls",
                           "brand": "example"}}
     for name, opts in (listener_opts or {}).items():
+        if name not in lst:
+            lst[name] = {"listen": f"{LOCALHOST}:{ports[name]}", "brand": "example"}
         lst[name].update(opts)
     brand = {"hostname": BRAND_HOST, "cert": os.path.join(certs, "brand.crt"),
              "key": os.path.join(certs, "brand.key"), "upstream": "test"}
@@ -961,7 +976,11 @@ def relabel_config(certs, upstream_port, upstream_tls, ports, relabel_opts=None,
     for name, opts in lst.items():
         cfg.section(f'[listener "{name}"]', opts)
     cfg.section('[brand "example"]', brand)
+    for name, opts in (brands or {}).items():
+        cfg.section(f'[brand "{name}"]', opts)
     cfg.section('[upstream "test"]', up)
+    for name, opts in (upstreams or {}).items():
+        cfg.section(f'[upstream "{name}"]', opts)
     if metrics_opts is not None:
         cfg.section("[metrics]", metrics_opts)
     return cfg

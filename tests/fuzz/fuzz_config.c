@@ -119,6 +119,25 @@ config_check(const struct rl_config *cfg)
         FUZZ_CHECK(b->hostname != NULL && b->hostname[0] != '\0');
         FUZZ_CHECK(b->cert != NULL && b->key != NULL);
         FUZZ_CHECK(config_in(b->upstream, cfg->upstreams, cfg->nupstreams, sizeof(*b->upstream)));
+        FUZZ_CHECK((b->cert_rsa == NULL) == (b->key_rsa == NULL));
+        FUZZ_CHECK(b->naliases == 0 || b->aliases != NULL);
+        /* Every name a brand answers to is in the SNI map, for that brand. */
+        {
+            const struct rl_sni_name *hit =
+                rl_sni_lookup(&cfg->sni, b->hostname, strlen(b->hostname));
+
+            FUZZ_CHECK(hit != NULL && hit->brand == i);
+        }
+    }
+
+    /* The SNI map: sorted, each name once, lower case, brands in range. */
+    for (i = 0; i < cfg->sni.n; i++) {
+        const struct rl_sni_name *e = &cfg->sni.items[i];
+
+        FUZZ_CHECK(e->name != NULL && e->brand < cfg->nbrands);
+        FUZZ_CHECK(i == 0 || strcmp(cfg->sni.items[i - 1].name, e->name) < 0);
+        for (const char *p = e->name; *p != '\0'; p++)
+            FUZZ_CHECK(*p < 'A' || *p > 'Z');
     }
 
     FUZZ_CHECK(cfg->nlisteners >= 1 && cfg->listeners != NULL);

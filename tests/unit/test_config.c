@@ -685,7 +685,7 @@ test_err_bad_values_sections(void **state)
                                "cert = @D@/cert.pem\n"
                                "key = @D@/key.pem\n"
                                "[upstream u]\n"
-                               "preset = sendgrid\n"
+                               "preset = mandrill\n"
                                "host = bad_host\n"
                                "port = 70000\n"
                                "max_message_size = 5T\n"
@@ -698,7 +698,8 @@ test_err_bad_values_sections(void **state)
         "5: invalid brand \"no/such\" (expected a section name: 1 to 64 letters, digits, '-', '_' "
         "or '.')",
         "7: invalid hostname \"192.0.2.1\" (expected a DNS name such as smtp.example.com)",
-        "11: invalid preset \"sendgrid\" (expected mailgun-us or mailgun-eu)",
+        "11: invalid preset \"mandrill\" (expected one of mailgun-us, mailgun-eu, sendgrid, "
+        "ses-REGION, postmark, brevo)",
         "12: invalid host \"bad_host\" (expected a DNS name or an IP address)",
         "13: invalid port \"70000\" (expected a number from 1 to 65535)",
         "14: invalid max_message_size \"5T\" (expected a size in bytes with an optional K, M or G "
@@ -715,8 +716,8 @@ test_err_unknown_references(void **state)
         "listen = 127.0.0.1:25\n"
         "brand = nosuch\n" BRAND_OK "upstream = nowhere\n",
         "3: unknown brand \"nosuch\" (no [brand \"nosuch\"] section)",
-        "8: unknown upstream \"nowhere\" (expected mailgun-us, mailgun-eu or the name of an "
-        "[upstream \"NAME\"] section)");
+        "8: unknown upstream \"nowhere\" (expected a preset: mailgun-us, mailgun-eu, sendgrid, "
+        "ses-REGION, postmark, brevo; or the name of an [upstream \"NAME\"] section)");
 }
 
 static void
@@ -777,7 +778,8 @@ test_err_missing_required(void **state)
     EXPECT_FAIL(BRAND_OK "upstream = u\n"
                          "[upstream u]\n"
                          "port = 465\n",
-                "6: [upstream \"u\"] needs host (or preset = mailgun-us)");
+                "6: [upstream \"u\"] needs host, or a preset (mailgun-us, mailgun-eu, sendgrid, "
+                "ses-REGION, postmark, brevo)");
     EXPECT_FAIL(BRAND_OK "upstream = u\n"
                          "[upstream u]\n"
                          "host = 127.0.0.1\n",
@@ -989,7 +991,7 @@ test_several_errors(void **state)
                                "[brand b]\n"
                                "cert = @D@/cert.pem\n"
                                "key = @D@/key.pem\n"
-                               "upstream = sendgrid\n"
+                               "upstream = mandrill\n"
                                "[upstream x]\n"
                                "[oops]\n",
                                &cfg),
@@ -1000,11 +1002,287 @@ test_several_errors(void **state)
                   "5: invalid listen address \"nowhere\" (expected IPV4:PORT, [IPV6]:PORT or "
                   "*:PORT, such as 0.0.0.0:465, [::1]:587 or *:25; no host names)",
                   "7: [brand \"b\"] needs hostname",
-                  "10: unknown upstream \"sendgrid\" (expected mailgun-us, mailgun-eu or the name "
-                  "of an [upstream \"NAME\"] section)",
-                  "11: [upstream \"x\"] needs host (or preset = mailgun-us)",
+                  "10: unknown upstream \"mandrill\" (expected a preset: mailgun-us, mailgun-eu, "
+                  "sendgrid, ses-REGION, postmark, brevo; or the name of an [upstream \"NAME\"] "
+                  "section)",
+                  "11: [upstream \"x\"] needs host, or a preset (mailgun-us, mailgun-eu, "
+                  "sendgrid, ses-REGION, postmark, brevo)",
                   "12: unknown section type [oops] (expected [relabel], [listener \"NAME\"], "
                   "[brand \"NAME\"], [upstream \"NAME\"] or [metrics])");
+}
+
+/* ---- brands by SNI ------------------------------------------------------------ */
+
+static const char brands_file[] = "[listener \"smtps\"]\n"                      /* 1 */
+                                  "listen = 127.0.0.1:465\n"                    /* 2 */
+                                  "brand = a\n"                                 /* 3 */
+                                  "sni_unknown = refuse\n"                      /* 4 */
+                                  "[listener \"sub\"]\n"                        /* 5 */
+                                  "listen = 127.0.0.1:587\n"                    /* 6 */
+                                  "brand = b\n"                                 /* 7 */
+                                  "[brand a]\n"                                 /* 8 */
+                                  "hostname = SMTP.Brand-A.com\n"               /* 9 */
+                                  "aliases = mail.brand-a.com\n"                /* 10 */
+                                  "cert = @D@/cert.pem\n"                       /* 11 */
+                                  "key = @D@/key.pem\n"                         /* 12 */
+                                  "cert_rsa = @D@/cert.pem\n"                   /* 13 */
+                                  "key_rsa = @D@/key.pem\n"                     /* 14 */
+                                  "[brand b]\n"                                 /* 15 */
+                                  "hostname = mail.brand-b.net\n"               /* 16 */
+                                  "aliases = *.brand-b.net, smtp.brand-b.net\n" /* 17 */
+                                  "aliases = MAIL.brand-b.net x.example.org\n"  /* 18 */
+                                  "cert = @D@/cert.pem\n"                       /* 19 */
+                                  "key = @D@/key.pem\n"                         /* 20 */
+                                  "upstream = sendgrid\n"                       /* 21 */
+                                  "[brand c]\n"                                 /* 22 */
+                                  "hostname = c.brand-b.net\n"                  /* 23 */
+                                  "cert = @D@/cert.pem\n"                       /* 24 */
+                                  "key = @D@/key.pem\n";                        /* 25 */
+
+static void
+test_brands_sni(void **state)
+{
+    static const struct {
+        const char *name;
+        size_t brand;
+        int line;
+    } want[] = {
+        {"*.brand-b.net", 1, 17},    {"c.brand-b.net", 2, 23},   {"mail.brand-a.com", 0, 10},
+        {"mail.brand-b.net", 1, 16}, {"smtp.brand-a.com", 0, 9}, {"smtp.brand-b.net", 1, 17},
+        {"x.example.org", 1, 18},
+    };
+    struct rl_config *cfg = NULL;
+    const struct rl_brand_conf *b;
+    const struct rl_sni_name *hit;
+
+    (void)state;
+    assert_int_equal(load_text(brands_file, &cfg), 0);
+    assert_string_equal(errtext, "");
+
+    b = &cfg->brands[0];
+    assert_string_equal(b->hostname, "SMTP.Brand-A.com"); /* as written, for replies */
+    assert_int_equal(b->hostname_line, 9);
+    assert_int_equal(b->naliases, 1);
+    assert_string_equal(b->aliases[0].name, "mail.brand-a.com");
+    assert_int_equal(b->aliases[0].line, 10);
+    assert_non_null(strstr(b->cert_rsa, "/cert.pem"));
+    assert_int_equal(b->cert_rsa_line, 13);
+    assert_non_null(strstr(b->key_rsa, "/key.pem"));
+    assert_int_equal(b->key_rsa_line, 14);
+    b = &cfg->brands[1];
+    assert_int_equal(b->naliases, 4); /* a repeated key adds up */
+    assert_string_equal(b->aliases[0].name, "*.brand-b.net");
+    assert_string_equal(b->aliases[3].name, "x.example.org");
+    assert_int_equal(b->aliases[3].line, 18);
+    assert_null(b->cert_rsa);
+    assert_int_equal(b->cert_rsa_line, 0);
+    assert_string_equal(b->upstream->name, "sendgrid");
+
+    /* Sorted, lower case, a brand's own repeat kept once (at its first
+     * line); an exact name under another brand's wildcard is allowed. */
+    assert_int_equal(cfg->sni.n, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < cfg->sni.n; i++) {
+        assert_string_equal(cfg->sni.items[i].name, want[i].name);
+        assert_int_equal(cfg->sni.items[i].brand, want[i].brand);
+        assert_int_equal(cfg->sni.items[i].line, want[i].line);
+    }
+    hit = rl_sni_lookup(&cfg->sni, "C.brand-b.net", 13);
+    assert_non_null(hit);
+    assert_int_equal(hit->brand, 2);
+    hit = rl_sni_lookup(&cfg->sni, "d.brand-b.net", 13);
+    assert_non_null(hit);
+    assert_int_equal(hit->brand, 1);
+
+    assert_ptr_equal(cfg->listeners[0].brand, &cfg->brands[0]);
+    assert_true(cfg->listeners[0].sni_refuse);
+    assert_ptr_equal(cfg->listeners[1].brand, &cfg->brands[1]);
+    assert_false(cfg->listeners[1].sni_refuse); /* the default */
+    rl_config_unref(cfg);
+}
+
+static void
+test_err_brands_sni(void **state)
+{
+    (void)state;
+    /* The same name in two brands, whatever its case; a wildcard too. */
+    EXPECT_FAIL("[listener l]\n"
+                "listen = 127.0.0.1:25\n"
+                "brand = b\n" BRAND_OK "aliases = *.example.com\n"
+                "[brand c]\n"
+                "hostname = mail.example.net\n"
+                "aliases = SMTP.example.com, mail.example.org\n"
+                "aliases = *.Example.com\n"
+                "cert = @D@/cert.pem\n"
+                "key = @D@/key.pem\n",
+                "11: name smtp.example.com is already claimed by brand \"b\" (line 5): the brand a "
+                "client gets must not depend on the order of the file",
+                "12: name *.example.com is already claimed by brand \"b\" (line 8): the brand a "
+                "client gets must not depend on the order of the file");
+    /* Names that are not names, wildcards that claim too much or too
+     * little, an unknown sni_unknown. */
+    EXPECT_FAIL("[listener l]\n"
+                "listen = 127.0.0.1:25\n"
+                "sni_unknown = ignore\n" BRAND_OK "aliases = *.com, mail*.example.com\n"
+                "aliases = a..example.com\n",
+                "3: invalid sni_unknown \"ignore\" (expected default or refuse)",
+                "8: invalid aliases \"*.com\" (a wildcard is \"*.\" and at least two labels, such "
+                "as *.example.com; it stands for exactly one label)",
+                "8: invalid aliases \"mail*.example.com\" (expected DNS names such as "
+                "mail.example.com or wildcards such as *.example.com)",
+                "9: invalid aliases \"a..example.com\" (expected DNS names such as "
+                "mail.example.com or wildcards such as *.example.com)");
+    EXPECT_FAIL(BRAND_OK "aliases = *\n",
+                "5: invalid aliases \"*\" (a wildcard is \"*.\" and at least two labels, such as "
+                "*.example.com; it stands for exactly one label)");
+    /* The RSA pair comes as a pair. */
+    EXPECT_FAIL(BRAND_OK "cert_rsa = @D@/cert.pem\n",
+                "5: cert_rsa needs key_rsa (its private key file)");
+    EXPECT_FAIL(BRAND_OK "key_rsa = @D@/key.pem\n",
+                "5: key_rsa needs cert_rsa (its certificate file)");
+}
+
+/* ---- provider presets ----------------------------------------------------------- */
+
+/* A brand per preset, by name. */
+#define PRESET_BRAND(name, host, up)                                                               \
+    "[brand " name "]\n"                                                                           \
+    "hostname = " host "\n"                                                                        \
+    "cert = @D@/cert.pem\n"                                                                        \
+    "key = @D@/key.pem\n"                                                                          \
+    "upstream = " up "\n"
+
+static const char presets_file[] =
+    "[listener l]\n"
+    "listen = 127.0.0.1:465\n"
+    "brand = p0\n" PRESET_BRAND("p0", "a.example", "sendgrid")
+        PRESET_BRAND("p1", "b.example", "ses-eu-west-1") PRESET_BRAND("p2", "c.example", "postmark")
+            PRESET_BRAND("p3", "d.example", "brevo") PRESET_BRAND("p4", "e.example", "SendGrid")
+                PRESET_BRAND("p5", "f.example", "ses-us-gov-west-1");
+
+static void
+check_upstream(const struct rl_upstream_conf *u, const char *name, const char *host,
+               enum rl_tls_mode tls, unsigned port, uint64_t size, size_t nhide, const char *hide0)
+{
+    assert_string_equal(u->name, name);
+    assert_int_equal(u->line, 0);
+    assert_string_equal(u->host, host);
+    assert_string_equal(u->verify_name, host); /* the certificate name is the host */
+    assert_int_equal(u->tls, tls);
+    assert_int_equal(u->port, port);
+    assert_int_equal(u->max_message_size, size);
+    assert_null(u->ca_file);
+    assert_null(u->helo_name);
+    assert_int_equal(u->nhide, nhide);
+    assert_string_equal(u->hide[0], hide0);
+}
+
+static void
+test_presets_providers(void **state)
+{
+    struct rl_config *cfg = NULL;
+
+    (void)state;
+    assert_int_equal(load_text(presets_file, &cfg), 0);
+    assert_string_equal(errtext, "");
+    assert_int_equal(cfg->nupstreams, 5); /* "SendGrid" is "sendgrid", built once */
+    check_upstream(cfg->brands[0].upstream, "sendgrid", "smtp.sendgrid.net", RL_TLS_IMPLICIT, 465,
+                   20480000, 3, "sendgrid.net");
+    assert_ptr_equal(cfg->brands[4].upstream, cfg->brands[0].upstream);
+    check_upstream(cfg->brands[1].upstream, "ses-eu-west-1", "email-smtp.eu-west-1.amazonaws.com",
+                   RL_TLS_IMPLICIT, 465, 40u * 1024 * 1024, 3, "amazonses.com");
+    check_upstream(cfg->brands[2].upstream, "postmark", "smtp.postmarkapp.com", RL_TLS_STARTTLS,
+                   587, 10u * 1024 * 1024, 2, "postmarkapp.com");
+    check_upstream(cfg->brands[3].upstream, "brevo", "smtp-relay.brevo.com", RL_TLS_STARTTLS, 587,
+                   0, 4, "brevo.com");
+    check_upstream(cfg->brands[5].upstream, "ses-us-gov-west-1",
+                   "email-smtp.us-gov-west-1.amazonaws.com", RL_TLS_IMPLICIT, 465,
+                   40u * 1024 * 1024, 3, "amazonses.com");
+    rl_config_unref(cfg);
+}
+
+static void
+test_presets_override(void **state)
+{
+    struct rl_config *cfg = NULL;
+    const struct rl_upstream_conf *u;
+
+    (void)state;
+    /* Every key of a section wins over its preset, before or after the
+     * preset line; the mode picks the preset's port for it. */
+    assert_int_equal(load_text("[upstream sg]\n"
+                               "tls = starttls\n"
+                               "preset = sendgrid\n"
+                               "[upstream ses]\n"
+                               "preset = ses-ap-southeast-2\n"
+                               "host = 127.0.0.1\n"
+                               "port = 2465\n"
+                               "ca_file = @D@/ca.pem\n"
+                               "helo_name = relay.example\n"
+                               "max_message_size = 1M\n"
+                               "hide = aws\n"
+                               "[upstream pm]\n"
+                               "preset = postmark\n"
+                               "tls = implicit\n"
+                               "port = 2465\n"
+                               "verify_name = smtp.example.net\n"
+                               "[upstream br]\n"
+                               "preset = brevo\n"
+                               "tls = implicit\n"
+                               "hide =\n" BRAND_OK "upstream = sg\n",
+                               &cfg),
+                     0);
+    assert_string_equal(errtext, "");
+    u = &cfg->upstreams[0];
+    assert_string_equal(u->name, "sg");
+    assert_string_equal(u->host, "smtp.sendgrid.net");
+    assert_int_equal(u->tls, RL_TLS_STARTTLS);
+    assert_int_equal(u->port, 587);
+    assert_int_equal(u->max_message_size, 20480000);
+    u = &cfg->upstreams[1];
+    assert_string_equal(u->host, "127.0.0.1");
+    assert_string_equal(u->verify_name, "email-smtp.ap-southeast-2.amazonaws.com");
+    assert_int_equal(u->port, 2465);
+    assert_non_null(strstr(u->ca_file, "/ca.pem"));
+    assert_string_equal(u->helo_name, "relay.example");
+    assert_int_equal(u->max_message_size, 1024 * 1024);
+    assert_int_equal(u->nhide, 1);
+    assert_string_equal(u->hide[0], "aws");
+    u = &cfg->upstreams[2];
+    assert_int_equal(u->tls, RL_TLS_IMPLICIT);
+    assert_int_equal(u->port, 2465);
+    assert_string_equal(u->verify_name, "smtp.example.net");
+    u = &cfg->upstreams[3];
+    assert_int_equal(u->tls, RL_TLS_IMPLICIT);
+    assert_int_equal(u->port, 465);
+    assert_int_equal(u->nhide, 0);
+    rl_config_unref(cfg);
+}
+
+static void
+test_err_presets(void **state)
+{
+    (void)state;
+    /* A mode the provider documents no port for needs one. */
+    EXPECT_FAIL("[upstream pm]\n"
+                "preset = postmark\n"
+                "tls = implicit\n" BRAND_OK "upstream = pm\n",
+                "3: preset postmark documents no implicit TLS port: set port, or use tls = "
+                "starttls");
+    /* Amazon SES regions are checked for their form. */
+    EXPECT_FAIL("[upstream a]\n"
+                "preset = ses-europe\n"
+                "[upstream b]\n"
+                "preset = ses-eu-west-1a\n"
+                "[upstream c]\n"
+                "preset = ses-\n" BRAND_OK "upstream = ses-EU_WEST-1\n",
+                "2: invalid preset \"ses-europe\": \"europe\" is not an AWS region name such as "
+                "eu-west-1 or us-east-1",
+                "4: invalid preset \"ses-eu-west-1a\": \"eu-west-1a\" is not an AWS region name "
+                "such as eu-west-1 or us-east-1",
+                "6: invalid preset \"ses-\": \"\" is not an AWS region name such as eu-west-1 or "
+                "us-east-1",
+                "11: unknown upstream \"ses-EU_WEST-1\": \"EU_WEST-1\" is not an AWS region name "
+                "such as eu-west-1 or us-east-1");
 }
 
 /* ---- [metrics] ------------------------------------------------------------------- */
@@ -1200,6 +1478,58 @@ test_example_custom_upstream(void **state)
     rl_config_unref(cfg);
 }
 
+/* The example's second brand, uncommented, serves by SNI next to the
+ * first, on its own preset. */
+static void
+test_example_second_brand(void **state)
+{
+    struct rl_config *cfg = NULL;
+    char cwd[PATH_MAX], path[PATH_MAX + 64], *line = NULL, *text = NULL;
+    size_t cap = 0, len = 0;
+    bool in_brand = false, seen = false;
+    const struct rl_sni_name *hit;
+    FILE *in, *out;
+
+    (void)state;
+    in = fopen(RL_SOURCE_ROOT "/config/relabel.ini", "r");
+    assert_non_null(in);
+    out = open_memstream(&text, &len);
+    assert_non_null(out);
+    while (getline(&line, &cap, in) > 0) {
+        if (strncmp(line, ";[brand \"brand-b\"]", 18) == 0)
+            in_brand = seen = true;
+        else if (line[0] != ';' || line[1] == ' ' || line[1] == '\n')
+            in_brand = false;
+        fputs(in_brand ? line + 1 : line, out);
+    }
+    free(line);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+    assert_true(seen);
+    snprintf(path, sizeof(path), "%s/certs/dev/mail.brand-b.net.crt", tmpdir);
+    write_file(path, "cert\n");
+    snprintf(path, sizeof(path), "%s/certs/dev/mail.brand-b.net.key", tmpdir);
+    write_file(path, "key\n");
+
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(tmpdir), 0); /* certs/dev/ from test_example_config */
+    assert_int_equal(load_text(text, &cfg), 0);
+    assert_int_equal(chdir(cwd), 0);
+    free(text);
+    assert_string_equal(errtext, "");
+    assert_int_equal(cfg->nbrands, 2);
+    assert_string_equal(cfg->brands[1].upstream->name, "ses-eu-west-1");
+    hit = rl_sni_lookup(&cfg->sni, "smtp.brand-b.net", 16);
+    assert_non_null(hit);
+    assert_int_equal(hit->brand, 1);
+    hit = rl_sni_lookup(&cfg->sni, "smtp.example.com", 16);
+    assert_non_null(hit);
+    assert_int_equal(hit->brand, 0);
+    assert_ptr_equal(cfg->listeners[0].brand, &cfg->brands[0]);
+    assert_false(cfg->listeners[0].sni_refuse);
+    rl_config_unref(cfg);
+}
+
 static void
 test_refcount(void **state)
 {
@@ -1254,7 +1584,13 @@ main(void)
         cmocka_unit_test(test_err_metrics_section),
         cmocka_unit_test(test_example_config),
         cmocka_unit_test(test_example_custom_upstream),
+        cmocka_unit_test(test_example_second_brand),
         cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_brands_sni),
+        cmocka_unit_test(test_err_brands_sni),
+        cmocka_unit_test(test_presets_providers),
+        cmocka_unit_test(test_presets_override),
+        cmocka_unit_test(test_err_presets),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -662,14 +662,21 @@ raw_recv(void *ctx, unsigned char *p, size_t len)
     return (int)n;
 }
 
+/* What the server made of a raw client's handshake. */
+struct raw_result {
+    char suite[80];
+    size_t brand;
+    const char *failure; /* rl_tls_failure_class(), if it failed */
+};
+
 /* Handshakes a raw client (suites may be NULL for the defaults, sni may be
- * NULL) against a relabel server; returns the raw client's result and
- * stores the server's. */
+ * NULL) against an engine of sconf; returns the raw client's result and
+ * stores the server's, and what it chose in *res (may be NULL). */
 static int
-raw_handshake(const int *suites, int minor_min, int minor_max, const char *sni, int *src,
-              char *sni_seen, size_t sni_cap)
+raw_handshake_with(struct rl_tls_conf *sconf, const int *suites, int minor_min, int minor_max,
+                   const char *sni, int *src, char *sni_seen, size_t sni_cap,
+                   struct raw_result *res)
 {
-    struct rl_tls_conf *sconf = server_conf("brand.crt", "brand.key");
     struct rl_tls *s = rl_tls_new(sconf, NULL);
     struct raw_client rc;
     int crc = MBEDTLS_ERR_SSL_WANT_READ, i;
@@ -727,6 +734,11 @@ raw_handshake(const int *suites, int minor_min, int minor_max, const char *sni, 
         snprintf(sni_seen, sni_cap, "%s", rl_tls_sni(s) ? rl_tls_sni(s) : "(none)");
     if (*src == 0)
         assert_policy(s);
+    if (res != NULL) {
+        snprintf(res->suite, sizeof res->suite, "%s", rl_tls_cipher(s));
+        res->brand = rl_tls_brand(s);
+        res->failure = *src != 0 ? rl_tls_failure_class(s) : NULL;
+    }
 
     mbedtls_ssl_free(&rc.ssl);
     mbedtls_ssl_config_free(&rc.conf);
@@ -735,8 +747,327 @@ raw_handshake(const int *suites, int minor_min, int minor_max, const char *sni, 
     rl_buf_free(&rc.in);
     rl_buf_free(&rc.out);
     rl_tls_free(s);
+    return crc;
+}
+
+static int
+raw_handshake(const int *suites, int minor_min, int minor_max, const char *sni, int *src,
+              char *sni_seen, size_t sni_cap)
+{
+    struct rl_tls_conf *sconf = server_conf("brand.crt", "brand.key");
+    int crc =
+        raw_handshake_with(sconf, suites, minor_min, minor_max, sni, src, sni_seen, sni_cap, NULL);
+
     rl_tls_conf_free(sconf);
     return crc;
+}
+
+/* ---- several brands on one server conf --------------------------------- */
+
+/* Three brands as a config would give them: "example" with an ECDSA and an
+ * RSA certificate, "b" (mail.brand-b.test and *.brand-b.test), "c". */
+struct brands {
+    struct rl_tls_certs *certs[3];
+    char names_text[4][32];
+    struct rl_sni_name names[4];
+    struct rl_sni_map map;
+};
+
+static void
+brands_load(struct brands *b)
+{
+    static const struct {
+        const char *name;
+        size_t brand;
+    } names[] = {{"smtp.example.com", 0},
+                 {"mail.brand-b.test", 1},
+                 {"*.brand-b.test", 1},
+                 {"smtp.brand-c.test", 2}};
+    static const char *const files[3][2][2] = {
+        {{"brand.crt", "brand.key"}, {"brand-rsa.crt", "brand-rsa.key"}},
+        {{"brand-b.crt", "brand-b.key"}, {NULL, NULL}},
+        {{"brand-c.crt", "brand-c.key"}, {NULL, NULL}},
+    };
+    char err[256];
+
+    for (size_t i = 0; i < 3; i++) {
+        b->certs[i] = rl_tls_certs_new(err, sizeof err);
+        assert_non_null(b->certs[i]);
+        for (size_t j = 0; j < 2 && files[i][j][0] != NULL; j++) {
+            bool rsa = !j;
+
+            err[0] = '\0';
+            if (rl_tls_certs_add(b->certs[i], cert(files[i][j][0]), cert(files[i][j][1]), &rsa, err,
+                                 sizeof err) != 0)
+                fail_msg("rl_tls_certs_add(%s): %s", files[i][j][0], err);
+            assert_int_equal(rsa, j == 1);
+        }
+    }
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(b->names_text[i], sizeof b->names_text[i], "%s", names[i].name);
+        b->names[i].name = b->names_text[i];
+        b->names[i].brand = names[i].brand;
+    }
+    b->map.items = b->names;
+    b->map.n = 4;
+    rl_sni_sort(&b->map);
+}
+
+static void
+brands_free(struct brands *b)
+{
+    for (size_t i = 0; i < 3; i++)
+        rl_tls_certs_free(b->certs[i]);
+}
+
+static struct rl_tls_conf *
+brands_conf(struct brands *b, size_t dflt, bool refuse)
+{
+    char err[256] = "";
+    struct rl_tls_conf *conf =
+        rl_tls_conf_server_sni(b->certs, 3, &b->map, dflt, refuse, err, sizeof err);
+
+    if (conf == NULL)
+        fail_msg("rl_tls_conf_server_sni: %s", err);
+    return conf;
+}
+
+/* A verifying relabel client asking for `host` (NULL: no SNI, by a raw
+ * client) against sconf: the brand the server chose, -1 if the handshake
+ * failed on either side. */
+static long
+brand_for(struct rl_tls_conf *sconf, const char *host)
+{
+    struct rl_tls_conf *cconf = client_conf();
+    struct rl_tls *s = rl_tls_new(sconf, NULL), *c = rl_tls_new(cconf, host);
+    long brand;
+    int crc, src;
+
+    handshake(c, s, CHUNK_RANDOM, &crc, &src);
+    brand = crc == 0 && src == 0 ? (long)rl_tls_brand(s) : -1;
+    rl_tls_free(c);
+    rl_tls_free(s);
+    rl_tls_conf_free(cconf);
+    return brand;
+}
+
+static void
+test_brands_by_sni(void **state)
+{
+    static const int any_gcm[] = {MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, 0};
+    struct brands b;
+    struct rl_tls_conf *conf;
+    struct raw_result res;
+    int src, crc;
+
+    brands_load(&b);
+    conf = brands_conf(&b, 0, false);
+    /* Each name gets its brand's certificate: the client verifies it
+     * against the name it asked for, so a wrong certificate fails. */
+    assert_int_equal(brand_for(conf, "smtp.example.com"), 0);
+    assert_int_equal(brand_for(conf, "mail.brand-b.test"), 1);
+    assert_int_equal(brand_for(conf, "relay.brand-b.test"), 1); /* the wildcard */
+    assert_int_equal(brand_for(conf, "smtp.brand-c.test"), 2);
+    /* An unknown name gets the default's certificate, which does not
+     * verify for it. */
+    assert_int_equal(brand_for(conf, "smtp.unknown.test"), -1);
+    crc = raw_handshake_with(conf, any_gcm, MBEDTLS_SSL_MINOR_VERSION_3,
+                             MBEDTLS_SSL_MINOR_VERSION_3, "smtp.unknown.test", &src, NULL, 0, &res);
+    assert_int_equal(crc, 0);
+    assert_int_equal(src, 0);
+    assert_int_equal(res.brand, 0);
+    /* No SNI: the default. */
+    crc = raw_handshake_with(conf, any_gcm, MBEDTLS_SSL_MINOR_VERSION_3,
+                             MBEDTLS_SSL_MINOR_VERSION_3, NULL, &src, NULL, 0, &res);
+    assert_int_equal(crc, 0);
+    assert_int_equal(res.brand, 0);
+    rl_tls_conf_free(conf);
+
+    /* Another listener's default. */
+    conf = brands_conf(&b, 2, false);
+    crc = raw_handshake_with(conf, any_gcm, MBEDTLS_SSL_MINOR_VERSION_3,
+                             MBEDTLS_SSL_MINOR_VERSION_3, NULL, &src, NULL, 0, &res);
+    assert_int_equal(crc, 0);
+    assert_int_equal(res.brand, 2);
+    assert_int_equal(brand_for(conf, "smtp.example.com"), 0);
+    rl_tls_conf_free(conf);
+    brands_free(&b);
+}
+
+static void
+test_brands_refuse_unknown(void **state)
+{
+    struct brands b;
+    struct rl_tls_conf *sconf, *cconf;
+    struct rl_tls *s, *c;
+    struct raw_result res;
+    char msg[256];
+    int src, crc;
+
+    brands_load(&b);
+    sconf = brands_conf(&b, 0, true);
+    cconf = client_conf();
+    s = rl_tls_new(sconf, NULL);
+    c = rl_tls_new(cconf, "smtp.unknown.test");
+    handshake(c, s, CHUNK_ALL, &crc, &src);
+    assert_int_equal(src, RL_E_TLS);
+    assert_string_equal(rl_tls_failure_class(s), "sni");
+    assert_non_null(strstr(rl_tls_strerror(s, msg, sizeof msg), "sni_unknown = refuse"));
+    assert_string_equal(rl_tls_sni(s), "smtp.unknown.test");
+    /* The client learns why: the unrecognized_name alert (RFC 6066 §3). */
+    assert_int_equal(crc, RL_E_TLS);
+    assert_non_null(strstr(rl_tls_strerror(c, msg, sizeof msg), "unrecognized_name"));
+    rl_tls_free(c);
+    rl_tls_free(s);
+    rl_tls_conf_free(cconf);
+    /* Known names and no SNI at all still work. */
+    assert_int_equal(brand_for(sconf, "mail.brand-b.test"), 1);
+    crc = raw_handshake_with(sconf, NULL, MBEDTLS_SSL_MINOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3,
+                             NULL, &src, NULL, 0, &res);
+    assert_int_equal(crc, 0);
+    assert_int_equal(res.brand, 0);
+    rl_tls_conf_free(sconf);
+    brands_free(&b);
+}
+
+static void
+test_brands_dual_certificate(void **state)
+{
+    static const int rsa_only[] = {MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, 0};
+    static const int ecdsa_only[] = {MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, 0};
+    struct brands b;
+    struct rl_tls_conf *conf;
+    struct raw_result res;
+    int src, crc;
+
+    brands_load(&b);
+    /* Brand "example" as the default and by name, "b" by name: only the
+     * first has an RSA certificate for a client that takes nothing else. */
+    for (size_t dflt = 0; dflt < 2; dflt++) {
+        conf = brands_conf(&b, dflt, false);
+        crc = raw_handshake_with(conf, rsa_only, MBEDTLS_SSL_MINOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3, "smtp.example.com", &src, NULL, 0,
+                                 &res);
+        assert_int_equal(crc, 0);
+        assert_int_equal(res.brand, 0);
+        assert_string_equal(res.suite, "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256");
+        crc = raw_handshake_with(conf, ecdsa_only, MBEDTLS_SSL_MINOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3, "smtp.example.com", &src, NULL, 0,
+                                 &res);
+        assert_int_equal(crc, 0);
+        assert_string_equal(res.suite, "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384");
+        /* A client offering both gets the server's first choice, ECDSA. */
+        crc =
+            raw_handshake_with(conf, NULL, MBEDTLS_SSL_MINOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3,
+                               "smtp.example.com", &src, NULL, 0, &res);
+        assert_int_equal(crc, 0);
+        assert_non_null(strstr(res.suite, "ECDHE-ECDSA"));
+        crc = raw_handshake_with(conf, rsa_only, MBEDTLS_SSL_MINOR_VERSION_3,
+                                 MBEDTLS_SSL_MINOR_VERSION_3, "mail.brand-b.test", &src, NULL, 0,
+                                 &res);
+        assert_int_not_equal(crc, 0);
+        assert_int_equal(src, RL_E_TLS);
+        rl_tls_conf_free(conf);
+    }
+    brands_free(&b);
+}
+
+/* One handshake of a client conf that keeps and offers its last session
+ * (rl_tls_conf_client) against sconf: 1 resumed, 0 full, -1 failed. */
+static int
+resumed_for(struct rl_tls_conf *sconf, struct rl_tls_conf *cconf, const char *host, size_t *brand)
+{
+    struct rl_tls *s = rl_tls_new(sconf, NULL), *c = rl_tls_new(cconf, host);
+    int crc, src, rc;
+
+    handshake(c, s, CHUNK_ALL, &crc, &src);
+    rc = crc != 0 || src != 0 ? -1 : rl_tls_resumed(s) ? 1 : 0;
+    if (rc >= 0)
+        assert_int_equal(rl_tls_resumed(c), rc);
+    *brand = rl_tls_brand(s);
+    rl_tls_free(c);
+    rl_tls_free(s);
+    return rc;
+}
+
+static void
+test_brands_tickets(void **state)
+{
+    struct brands b;
+    struct rl_tls_conf *sconf, *other, *cconf;
+    size_t brand;
+
+    brands_load(&b);
+    sconf = brands_conf(&b, 0, false);
+    other = brands_conf(&b, 2, true); /* another listener, same brands */
+    cconf = client_conf();
+    assert_int_equal(resumed_for(sconf, cconf, "smtp.example.com", &brand), 0);
+    assert_int_equal(resumed_for(sconf, cconf, "smtp.example.com", &brand), 1);
+    assert_int_equal(brand, 0);
+    /* The ticket is the default brand's: offered under brand b's name it
+     * is not accepted, and b's own certificate is verified in a full
+     * handshake. */
+    assert_int_equal(resumed_for(sconf, cconf, "mail.brand-b.test", &brand), 0);
+    assert_int_equal(brand, 1);
+    assert_int_equal(resumed_for(sconf, cconf, "mail.brand-b.test", &brand), 1);
+    assert_int_equal(brand, 1);
+    /* Ticket keys belong to the brand, not the listener. */
+    assert_int_equal(resumed_for(other, cconf, "relay.brand-b.test", &brand), 1);
+    assert_int_equal(brand, 1);
+    rl_tls_conf_free(cconf);
+    rl_tls_conf_free(other);
+    rl_tls_conf_free(sconf);
+    brands_free(&b);
+}
+
+static void
+test_brands_certs(void **state)
+{
+    struct rl_tls_certs *c;
+    char err[256], line[512];
+    bool rsa = true;
+
+    c = rl_tls_certs_new(err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(rl_tls_certs_count(c), 0);
+    assert_int_equal(
+        rl_tls_certs_add(c, cert("brand-b.crt"), cert("brand-b.key"), &rsa, err, sizeof err), 0);
+    assert_false(rsa);
+    /* A second ECDSA certificate would never be chosen. */
+    err[0] = '\0';
+    assert_int_equal(
+        rl_tls_certs_add(c, cert("brand.crt"), cert("brand.key"), NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "already has an ECDSA certificate"));
+    assert_int_equal(rl_tls_certs_count(c), 1);
+    assert_int_equal(
+        rl_tls_certs_add(c, cert("brand-rsa.crt"), cert("brand-rsa.key"), &rsa, err, sizeof err),
+        0);
+    assert_true(rsa);
+    err[0] = '\0';
+    assert_int_equal(
+        rl_tls_certs_add(c, cert("brand-c.crt"), cert("brand-c.key"), NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "at most 2"));
+    assert_int_equal(rl_tls_certs_count(c), 2);
+
+    rl_tls_certs_describe(c, 0, line, sizeof line);
+    assert_non_null(strstr(line, "DNS=mail.brand-b.test,*.brand-b.test"));
+    assert_non_null(strstr(line, "key=ECDSA"));
+    rl_tls_certs_describe(c, 1, line, sizeof line);
+    assert_non_null(strstr(line, "CN=smtp.example.com"));
+    assert_non_null(strstr(line, "key=RSA"));
+    assert_true(rl_tls_certs_not_after(c) > 0);
+
+    /* Coverage: the SAN names, a wildcard for one label. */
+    assert_true(rl_tls_certs_covers(c, 0, "mail.brand-b.test"));
+    assert_true(rl_tls_certs_covers(c, 0, "MAIL.brand-b.test"));
+    assert_true(rl_tls_certs_covers(c, 0, "x.brand-b.test"));
+    assert_true(rl_tls_certs_covers(c, 0, "*.brand-b.test"));
+    assert_false(rl_tls_certs_covers(c, 0, "a.b.brand-b.test"));
+    assert_false(rl_tls_certs_covers(c, 0, "brand-b.test"));
+    assert_false(rl_tls_certs_covers(c, 0, "smtp.example.com"));
+    assert_true(rl_tls_certs_covers(c, 1, "smtp.example.com"));
+    assert_false(rl_tls_certs_covers(c, 2, "smtp.example.com"));
+    rl_tls_certs_free(c);
 }
 
 static void
@@ -780,14 +1111,27 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_handshake_whole),  cmocka_unit_test(test_handshake_bytewise),
-        cmocka_unit_test(test_handshake_random), cmocka_unit_test(test_handshake_rsa_and_chain),
-        cmocka_unit_test(test_data_both_ways),   cmocka_unit_test(test_close_notify),
-        cmocka_unit_test(test_truncated),        cmocka_unit_test(test_wrong_name),
-        cmocka_unit_test(test_expired),          cmocka_unit_test(test_unknown_ca),
-        cmocka_unit_test(test_conf_errors),      cmocka_unit_test(test_system_bundle),
-        cmocka_unit_test(test_describe),         cmocka_unit_test(test_cout_cap),
-        cmocka_unit_test(test_misuse),           cmocka_unit_test(test_refuse_weak_clients),
+        cmocka_unit_test(test_handshake_whole),
+        cmocka_unit_test(test_handshake_bytewise),
+        cmocka_unit_test(test_handshake_random),
+        cmocka_unit_test(test_handshake_rsa_and_chain),
+        cmocka_unit_test(test_data_both_ways),
+        cmocka_unit_test(test_close_notify),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_wrong_name),
+        cmocka_unit_test(test_expired),
+        cmocka_unit_test(test_unknown_ca),
+        cmocka_unit_test(test_conf_errors),
+        cmocka_unit_test(test_system_bundle),
+        cmocka_unit_test(test_describe),
+        cmocka_unit_test(test_cout_cap),
+        cmocka_unit_test(test_misuse),
+        cmocka_unit_test(test_refuse_weak_clients),
+        cmocka_unit_test(test_brands_by_sni),
+        cmocka_unit_test(test_brands_refuse_unknown),
+        cmocka_unit_test(test_brands_dual_certificate),
+        cmocka_unit_test(test_brands_certs),
+        cmocka_unit_test(test_brands_tickets),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

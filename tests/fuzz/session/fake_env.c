@@ -585,6 +585,13 @@ rl_tls_sni(const struct rl_tls *t)
     return fake.sni_null ? NULL : "smtp.example.com";
 }
 
+size_t
+rl_tls_brand(const struct rl_tls *t)
+{
+    (void)t;
+    return fake.brand;
+}
+
 /* ---- snapshot.h -------------------------------------------------------- */
 
 struct rl_snapshot *
@@ -604,10 +611,10 @@ rl_snapshot_unref(struct rl_snapshot *snap)
 }
 
 struct rl_tls_conf *
-rl_snapshot_brand_tls(const struct rl_snapshot *snap, const struct rl_brand_conf *brand)
+rl_snapshot_listener_tls(const struct rl_snapshot *snap, const struct rl_listener_conf *lc)
 {
     (void)snap;
-    (void)brand;
+    (void)lc;
     return &fake_brand_conf;
 }
 

@@ -132,6 +132,7 @@ struct fake_env {
     struct rl_upstream_req *resolve;
     int snap_refs_extra; /* references taken by sessions */
     bool sni_null;
+    size_t brand; /* rl_tls_brand(): the brand the client's SNI chose */
     bool resolve_fail_start;
     bool connect_fail_next;
     int emit_depth;

@@ -39,6 +39,12 @@ void __sanitizer_set_report_fd(void *fd) __attribute__((weak));
 
 static char s_brand_name[] = "example";
 static char s_hostname[] = "smtp.example.com";
+/* A second brand, chosen by SNI, with an upstream entry of its own (the
+ * same fake provider), so that a plaintext relay followed by STARTTLS
+ * moves to another upstream leg. */
+static char s_brand_b_name[] = "b";
+static char s_hostname_b[] = "mail.brand-b.test";
+static char s_up_b_name[] = "mailgun-eu";
 static char s_up_name[] = "mailgun-us";
 static char s_up_host[] = "smtp.mailgun.org";
 static char s_listener_name[] = "fuzz";
@@ -47,8 +53,8 @@ static char s_hide0[] = "mailgun.org", s_hide1[] = "postgun.com", s_hide2[] = "m
 static char *s_hide[] = {s_hide0, s_hide1, s_hide2};
 static char s_path[] = "fuzz.ini";
 
-static struct rl_upstream_conf g_up;
-static struct rl_brand_conf g_brand;
+static struct rl_upstream_conf g_ups[2];
+static struct rl_brand_conf g_brands[2];
 static struct rl_listener_conf g_lc;
 static struct rl_config g_cfg;
 static struct rl_snapshot g_snap;
@@ -434,14 +440,20 @@ cl_local_form(const struct cl_model *m)
     const char *f = m->first;
     size_t n = strlen(f);
     bool local_dialogue = g_lc.tls == RL_TLS_STARTTLS && g_lc.require_tls && !m->tls_at_start;
+    /* Before TLS the listener's default brand speaks; after it, the brand
+     * the client's SNI chose, and never the other one. */
+    const char *host = g_brands[m->tls_at_start ? fake.brand : 0].hostname;
+    char want[3][128];
 
     if (m->first_trunc)
         return false;
-    if (line_is(f, n, "220 smtp.example.com ESMTP ready"))
+    snprintf(want[0], sizeof(want[0]), "220 %s ESMTP ready", host);
+    snprintf(want[1], sizeof(want[1]), "250-%s", host);
+    snprintf(want[2], sizeof(want[2]), "250 %s", host);
+    if (line_is(f, n, want[0]) || line_is(f, n, want[1]) || line_is(f, n, want[2]))
         return true;
-    if (line_is(f, n, "250-smtp.example.com") || line_is(f, n, "250 smtp.example.com"))
-        return true;
-    if (line_is(f, n, "221 2.0.0 smtp.example.com closing connection") && m->reply_lines == 1)
+    snprintf(want[0], sizeof(want[0]), "221 2.0.0 %s closing connection", host);
+    if (line_is(f, n, want[0]) && m->reply_lines == 1)
         return true;
     if (line_is(f, n, "250 2.0.0 OK") && m->reply_lines == 1 && local_dialogue)
         return true;
@@ -1051,26 +1063,31 @@ setup_world(struct reader *r)
 {
     unsigned b0 = rd_u8(r), b1 = rd_u8(r), b2 = rd_u8(r);
 
-    memset(&g_up, 0, sizeof(g_up));
-    g_up.name = s_up_name;
-    g_up.host = s_up_host;
-    g_up.tls = b0 & 0x10 ? RL_TLS_STARTTLS : RL_TLS_IMPLICIT;
-    g_up.port = g_up.tls == RL_TLS_IMPLICIT ? 465 : 587;
-    g_up.verify_name = s_up_host;
-    g_up.max_message_size = b0 & 0x08 ? 2000 : 0;
-    g_up.hide = s_hide;
-    g_up.nhide = 3;
+    memset(g_ups, 0, sizeof(g_ups));
+    g_ups[0].name = s_up_name;
+    g_ups[0].host = s_up_host;
+    g_ups[0].tls = b0 & 0x10 ? RL_TLS_STARTTLS : RL_TLS_IMPLICIT;
+    g_ups[0].port = g_ups[0].tls == RL_TLS_IMPLICIT ? 465 : 587;
+    g_ups[0].verify_name = s_up_host;
+    g_ups[0].max_message_size = b0 & 0x08 ? 2000 : 0;
+    g_ups[0].hide = s_hide;
+    g_ups[0].nhide = 3;
+    g_ups[1] = g_ups[0];
+    g_ups[1].name = s_up_b_name;
 
-    memset(&g_brand, 0, sizeof(g_brand));
-    g_brand.name = s_brand_name;
-    g_brand.hostname = s_hostname;
-    g_brand.upstream = &g_up;
+    memset(g_brands, 0, sizeof(g_brands));
+    g_brands[0].name = s_brand_name;
+    g_brands[0].hostname = s_hostname;
+    g_brands[0].upstream = &g_ups[0];
+    g_brands[1].name = s_brand_b_name;
+    g_brands[1].hostname = s_hostname_b;
+    g_brands[1].upstream = &g_ups[1];
 
     memset(&g_lc, 0, sizeof(g_lc));
     g_lc.name = s_listener_name;
     g_lc.tls = b0 & 0x01 ? RL_TLS_IMPLICIT : RL_TLS_STARTTLS;
     g_lc.require_tls = (b0 & 0x02) != 0;
-    g_lc.brand = &g_brand;
+    g_lc.brand = &g_brands[0];
 
     memset(&g_cfg, 0, sizeof(g_cfg));
     g_cfg.path = s_path;
@@ -1089,10 +1106,10 @@ setup_world(struct reader *r)
     g_cfg.bare_newline_reject = (b0 & 0x04) != 0;
     g_cfg.listeners = &g_lc;
     g_cfg.nlisteners = 1;
-    g_cfg.brands = &g_brand;
-    g_cfg.nbrands = 1;
-    g_cfg.upstreams = &g_up;
-    g_cfg.nupstreams = 1;
+    g_cfg.brands = g_brands;
+    g_cfg.nbrands = 2;
+    g_cfg.upstreams = g_ups;
+    g_cfg.nupstreams = 2;
 
     memset(&g_snap, 0, sizeof(g_snap));
     atomic_init(&g_snap.refs, 1);
@@ -1111,6 +1128,8 @@ setup_world(struct reader *r)
     fake.on_enter = log_enter;
     fake.on_leave = log_leave;
     fake.sni_null = (b0 & 0x40) != 0;
+    /* The brand the client's SNI names; without SNI, the default. */
+    fake.brand = !fake.sni_null && (b2 & 0x08) != 0 ? 1 : 0;
     fake.resolve_fail_start = (b2 & 0xf8) == 0xf8;
 
     g_debug = (b0 & 0x20) != 0;

@@ -11,6 +11,9 @@ import os
 IMPLICIT, REQUIRE_TLS, BARE_REJECT, SIZE_2000, UP_STARTTLS, DEBUG, NO_SNI, JSON = (
     1, 2, 4, 8, 16, 32, 64, 128)
 
+# byte 2: max_errors = 3 + b % 8; this bit: the client's SNI names brand b
+BRAND_B = 8
+
 # client canned commands (cl_canned[] in fuzz_session.c)
 C = dict(EHLO=0, STARTTLS=1, AUTH_PLAIN_IR=2, AUTH_LOGIN=3, AUTH_PLAIN=4, AUTH_RESP=5,
          MAIL=6, RCPT=7, DATA=8, BODY=9, EOD=10, QUIT=11, NOOP=12, RSET=13, BDAT=14,
@@ -146,6 +149,17 @@ seeds = {
     "timeouts": dialogue(
         head(IMPLICIT), LOOP, cl("EHLO"), UP_READY, AUTO, cl("MAIL"), timeout(True),
         cl("RCPT"), timeout(False)),
+    # The client's SNI names the second brand (byte 2 bit 0x08): its name
+    # after TLS, and in the plaintext relay case a move to its upstream.
+    "brand_b_implicit": dialogue(
+        head(IMPLICIT, 128, 5 | BRAND_B), LOOP, cl("EHLO"), UP_READY, AUTO,
+        cl("AUTH_PLAIN_IR"), AUTO, MESSAGE, cl("QUIT"), AUTO, LOOP),
+    "brand_b_starttls": dialogue(
+        head(REQUIRE_TLS, 128, 5 | BRAND_B), cl("EHLO"), cl("STARTTLS"), LOOP, cl("EHLO"),
+        UP_READY, AUTO, MESSAGE, cl("QUIT"), AUTO),
+    "brand_b_plaintext_then_starttls": dialogue(
+        head(DEBUG, 128, 5 | BRAND_B), cl("EHLO"), UP_READY, AUTO, cl("STARTTLS"), LOOP,
+        cl("EHLO"), UP_READY, AUTO, MESSAGE, cl("QUIT"), AUTO, LOOP),
     "raw_dialogue": dialogue(
         head(IMPLICIT), LOOP, cl_raw(b"ehlo raw\r\n"), UP_READY,
         up_raw(b"550-x\r\n550 no\r\n"), cl_raw(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n"),
