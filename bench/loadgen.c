@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +67,7 @@ static atomic_long next_job, ok, failed, opened;
 static char cipher[80];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static double *rtts;
+static const struct timeval io_timeout = {.tv_sec = 30};
 
 static double
 now(void)
@@ -209,6 +211,9 @@ c_open(struct conn *c, int source)
     if (c->fd < 0)
         return -1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* A front end that stops answering fails the session, never hangs it. */
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &io_timeout, sizeof(io_timeout));
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &io_timeout, sizeof(io_timeout));
     if (source > 0) {
         struct sockaddr_in b = {.sin_family = AF_INET};
 
@@ -310,12 +315,20 @@ run_idle_open(void *arg)
     struct idle_part *p = arg;
     int source = opt.sources > 0 ? 1 + p->index % opt.sources : 0;
 
+    int in_a_row = 0;
+
+    /* Once the front end refuses sessions in a row, it is full: stop. */
     for (long i = 0; i < p->count; i++) {
-        if (c_open(&p->conns[i], source) < 0) {
+        p->conns[i].fd = -1;
+        if (in_a_row >= 10) {
             failed++;
+        } else if (c_open(&p->conns[i], source) < 0) {
+            failed++;
+            in_a_row++;
             c_close(&p->conns[i]);
         } else {
             opened++;
+            in_a_row = 0;
         }
     }
     return NULL;

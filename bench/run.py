@@ -35,6 +35,7 @@ import os
 import platform
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -158,14 +159,21 @@ def build():
                     "bench/crypto_floor"], check=True, stdout=subprocess.DEVNULL)
 
 
+NOFILE = 1024  # descriptors per process, once raise_nofile has run
+
+
 def raise_nofile(n):
+    """Raises the descriptor limit (inherited by everything started) to n;
+    without CAP_SYS_RESOURCE only up to the hard limit."""
+    global NOFILE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(n, soft)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return NOFILE
 
 
 def free_port():
@@ -305,6 +313,7 @@ class FrontEnd:
     name = "?"
     modes = ("implicit", "starttls")
     queues = False  # acknowledges before the upstream has the message
+    fds_per_session = 2  # in its busiest process: client and upstream socket
 
     def __init__(self, procs, certs, sink):
         self.procs, self.certs, self.sink, self.tmp = procs, certs, sink, procs.tmp
@@ -385,7 +394,7 @@ class HAProxy(FrontEnd):
         with open(f"{c}/brand.crt") as a, open(f"{c}/brand.key") as b:
             pem = self.write("haproxy-brand.pem", a.read() + b.read())
         cfg = self.write("haproxy.cfg", f"""global
-    maxconn {2 * max_sessions + 100}
+    maxconn {min(max_sessions + 100, (NOFILE - 500) // 2)}
     ssl-server-verify required
 defaults
     mode tcp
@@ -411,6 +420,7 @@ backend upstream
 
 class Stunnel(FrontEnd):
     name = "stunnel"
+    fds_per_session = 4  # both ends of the loopback hop are its own
 
     def start(self, max_sessions):
         c, mid = self.certs, free_port()
@@ -452,6 +462,7 @@ sni = smtp.mailgun.org
 class Postfix(FrontEnd):
     name = "postfix"
     queues = True
+    fds_per_session = 0  # a process per session
 
     def start(self, max_sessions):
         c, base = self.certs, os.path.join(self.tmp, "postfix")
@@ -682,6 +693,11 @@ def measure_idle(fe, sink, certs, n, parallel, procs):
                    ["-n", n, "-P", parallel, "-S", 8])
     p = procs.start(f"idle-{fe.name}", argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     t0 = time.monotonic()
+    # loadgen gives up on a front end that stops answering (30 s per
+    # session, 10 failures in a row per thread); this only guards the bench.
+    if not select.select([p.stdout], [], [], 1800)[0]:
+        procs.stop(p)
+        raise RuntimeError(f"no idle sessions after {time.monotonic() - t0:.0f} s")
     line = p.stdout.readline().decode()
     opened = int(line.split()[1]) if line.startswith("idle ") else 0
     time.sleep(1.0)
@@ -880,12 +896,20 @@ def main():
                 for p, fe in fes.items():
                     if p == "postfix" and n > args.postfix_idle_max:
                         continue
+                    count = n
+                    if fe.fds_per_session:
+                        count = min(n, (nofile - 1000) // fe.fds_per_session)
+                    if count < n:
+                        notes.append(f"idle {n}: {p} measured with {count} sessions: it needs "
+                                     f"{fe.fds_per_session} descriptors per session in one "
+                                     f"process, and the limit here is {nofile} (the hard "
+                                     "limit, which needs CAP_SYS_RESOURCE to raise)")
                     try:
                         # A fresh process, so memory kept from an earlier
                         # run does not hide what the sessions need.
                         fe.stop()
                         fe.start(max(max_idle, 1000))
-                        r = measure_idle(fe, sink, certs, n, 16, procs)
+                        r = measure_idle(fe, sink, certs, count, 16, procs)
                     except Exception as e:
                         notes.append(f"idle {n} {p}: {e}")
                         log(f"idle {n} {p}: {e}")
