@@ -928,6 +928,7 @@ def main():
                         notes.append(f"idle {n} {p}: {e}")
                         log(f"idle {n} {p}: {e}")
                         continue
+                    r["asked"], r["capped"] = n, count < n
                     results[(f"idle-{n}", p)] = [r]
                     log(f"idle {n:6} {p:8} opened {r['opened']} PSS {r['base_kb']} → "
                         f"{r['loaded_kb']} KiB: {r['kb_per_session']:.1f} KiB/session, "
@@ -1109,8 +1110,10 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
     big = [results[k][0] for k in results if k[1] == "relabel" and k[0].startswith("idle-")]
     if big:
         r = max(big, key=lambda r: r["opened"])
-        check(f"10 000 concurrent idle sessions held (relabel held {r['opened']}, "
-              f"{r['kb_per_session']:.0f} KiB each)", r["opened"] >= 10000)
+        limit = "; the descriptor limit here allowed no more" if r.get("capped") else ""
+        check(f"10 000 concurrent idle sessions held (relabel held {r['opened']} of "
+              f"{r.get('asked', r['opened'])} asked, {r['kb_per_session']:.0f} KiB each{limit})",
+              r["opened"] >= 10000)
     if checks:
         w("## Targets of issue 5, in this run\n")
         w("| target | |")
@@ -1202,6 +1205,10 @@ COMPARABILITY = """## Comparability
   round trip to the upstream; and it is measured idle only up to
   --postfix-idle-max sessions (one smtpd process each), holding no upstream
   connection while idle.
+- **Wall-clock rates** (sessions/s, MB/s) are the whole machine's: client,
+  front end and sink share 2 cores, so for the cheap front ends (HAProxy,
+  stunnel) the client and the sink bound the rate as much as the front end
+  does. The CPU figures do not depend on that.
 - **Idle memory** is the growth of the summed PSS of the front end's processes
   after opening the sessions (TLS, EHLO, AUTH done; for relabel, HAProxy and
   stunnel an upstream connection each), divided by the sessions.
