@@ -149,7 +149,18 @@ def ensure_packages(peers):
         finally:
             if made_guard:
                 os.unlink(guard)
+        disable_boot_start([p for p in missing if p in SERVICES])
     stop_system_services([PEER_PKGS[p] for p in peers if p in PEER_PKGS])
+
+
+def disable_boot_start(pkgs):
+    """The packages just installed must not start at the next boot either
+    (haproxy's enables its unit); both tools work without a running init."""
+    for pkg in pkgs:
+        if shutil.which("systemctl"):
+            subprocess.run(["systemctl", "disable", pkg], capture_output=True)
+        if shutil.which("update-rc.d") and os.path.exists(f"/etc/init.d/{pkg}"):
+            subprocess.run(["update-rc.d", pkg, "disable"], capture_output=True)
 
 
 def build():
