@@ -295,6 +295,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     opts.auth = (data[0] >> 1) & 1;
     opts.size_cap = caps[(data[0] >> 2) & 7];
     opts.hostname = hosts[(data[0] >> 5) & 3];
+    opts.auth_line = (data[0] & 0x80) != 0 ? "AUTH PLAIN LOGIN" : NULL;
     small_cap = data[1];
     reply = (const char *)data + EHLO_HDR;
     len = size - EHLO_HDR;
