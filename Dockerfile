@@ -30,7 +30,7 @@ ARG BASE=debian:bookworm-slim
 ARG BUILD_BASE=${BASE}
 
 FROM ${BUILD_BASE} AS build
-ARG BUILD_PACKAGES="gcc libc6-dev binutils meson ninja-build pkg-config libuv1-dev libmbedtls-dev libinih-dev"
+ARG BUILD_PACKAGES="gcc libc6-dev binutils meson ninja-build pkg-config libuv1-dev libmbedtls-dev libinih-dev libcrypt-dev"
 # Installs only what the base lacks, so a prepared base needs no network.
 COPY deploy/container/install-packages.sh /usr/local/sbin/
 RUN install-packages.sh $BUILD_PACKAGES
@@ -46,7 +46,7 @@ RUN meson setup /build /src --prefix=/usr --sysconfdir=/etc --buildtype=release 
     && /out/usr/sbin/relabel --version
 
 FROM ${BASE}
-ARG RUNTIME_PACKAGES="ca-certificates libuv1 libmbedtls14 libinih1"
+ARG RUNTIME_PACKAGES="ca-certificates libuv1 libmbedtls14 libinih1 libcrypt1"
 COPY deploy/container/install-packages.sh /usr/local/sbin/
 RUN set -eu; \
     install-packages.sh $RUNTIME_PACKAGES; \

@@ -4,7 +4,7 @@
 # it is cheap to call before every build.
 set -euo pipefail
 
-build_pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libmbedtls-dev libinih-dev
+build_pkgs=(build-essential meson ninja-build pkg-config libuv1-dev libmbedtls-dev libinih-dev libcrypt-dev
             openssl ca-certificates scdoc)
 test_pkgs=(libcmocka-dev python3 python3-pytest python3-aiosmtpd swaks curl msmtp testssl.sh valgrind clang libclang-rt-14-dev clang-format cppcheck
            prometheus

@@ -57,6 +57,7 @@
 #include "relabel/limits.h"
 #include "relabel/log.h"
 #include "relabel/proxy.h"
+#include "relabel/users.h"
 
 #define CONFIG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -150,6 +151,9 @@ struct config_raw_brand {
     char *cert_rsa;
     char *key_rsa;
     char *upstream;
+    char *users;
+    char *upstream_user;
+    char *upstream_password_file;
 };
 
 struct config_raw_upstream {
@@ -260,6 +264,7 @@ struct config_error {
     int line;
     unsigned seq; /* keeps errors on one line in the order found */
     char *msg;
+    bool raw; /* printed as it is (a users file's own "FILE:LINE: message") */
 };
 
 struct config_section;
@@ -333,6 +338,8 @@ static bool config_parse_cidrs(struct config_ctx *, const struct config_directiv
                                void *);
 static bool config_parse_names(struct config_ctx *, const struct config_directive *, const char *,
                                void *);
+static bool config_parse_login(struct config_ctx *, const struct config_directive *, const char *,
+                               void *);
 static bool config_parse_preset(struct config_ctx *, const struct config_directive *, const char *,
                                 void *);
 
@@ -378,6 +385,9 @@ enum config_dindex {
     CONFIG_D_CERT_RSA,
     CONFIG_D_KEY_RSA,
     CONFIG_D_BRAND_UPSTREAM,
+    CONFIG_D_USERS,
+    CONFIG_D_UPSTREAM_USER,
+    CONFIG_D_UPSTREAM_PASSWORD_FILE,
     CONFIG_D_PRESET,
     CONFIG_D_HOST,
     CONFIG_D_PORT,
@@ -461,6 +471,9 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_CERT_RSA] = {CONFIG_B(cert_rsa, config_parse_file)},
     [CONFIG_D_KEY_RSA] = {CONFIG_B(key_rsa, config_parse_file)},
     [CONFIG_D_BRAND_UPSTREAM] = {CONFIG_B(upstream, config_parse_ref)},
+    [CONFIG_D_USERS] = {CONFIG_B(users, config_parse_file)},
+    [CONFIG_D_UPSTREAM_USER] = {CONFIG_B(upstream_user, config_parse_login)},
+    [CONFIG_D_UPSTREAM_PASSWORD_FILE] = {CONFIG_B(upstream_password_file, config_parse_file)},
 
     [CONFIG_D_PRESET] = {CONFIG_U(preset, config_parse_preset)},
     [CONFIG_D_HOST] = {CONFIG_U(host, config_parse_host)},
@@ -524,7 +537,17 @@ config_error(struct config_ctx *ctx, int line, const char *fmt, ...)
     errs[ctx->nerrors].line = line;
     errs[ctx->nerrors].seq = (unsigned)ctx->nerrors;
     errs[ctx->nerrors].msg = msg;
+    errs[ctx->nerrors].raw = false;
     ctx->nerrors++;
+}
+
+/* A message printed as it is, sorted at line. */
+static void
+config_error_raw(struct config_ctx *ctx, int line, const char *text, size_t n)
+{
+    config_error(ctx, line, "%.*s", (int)n, text);
+    if (ctx->nerrors > 0 && ctx->errors[ctx->nerrors - 1].line == line)
+        ctx->errors[ctx->nerrors - 1].raw = true;
 }
 
 /* Line 0 ("no line applies") sorts after every real line. */
@@ -550,7 +573,9 @@ config_print_errors(struct config_ctx *ctx, FILE *err)
 
         if (err == NULL || e->msg == NULL)
             continue;
-        if (e->line > 0)
+        if (e->raw)
+            fprintf(err, "%s\n", e->msg);
+        else if (e->line > 0)
             fprintf(err, "%s:%d: %s\n", ctx->path, e->line, e->msg);
         else
             fprintf(err, "%s: %s\n", ctx->path, e->msg);
@@ -806,6 +831,27 @@ config_parse_ref(struct config_ctx *ctx, const struct config_directive *d, const
                      "invalid %s \"%s\" (expected a section name: 1 to %d letters, digits, '-', "
                      "'_' or '.')",
                      d->key, value, CONFIG_NAME_MAX);
+        return false;
+    }
+    return config_parse_string(ctx, d, value, field);
+}
+
+/* A user name for the provider: printable ASCII, no spaces (it goes into
+ * an AUTH PLAIN payload). */
+static bool
+config_parse_login(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                   void *field)
+{
+    for (const unsigned char *p = (const unsigned char *)value; *p != '\0'; p++) {
+        if (*p <= 0x20 || *p > 0x7e) {
+            config_error(ctx, ctx->lineno, "invalid %s: only printable ASCII without spaces",
+                         d->key);
+            return false;
+        }
+    }
+    if (strlen(value) > RL_USER_NAME_MAX) {
+        config_error(ctx, ctx->lineno, "invalid %s: longer than %d characters", d->key,
+                     RL_USER_NAME_MAX);
         return false;
     }
     return config_parse_string(ctx, d, value, field);
@@ -1356,6 +1402,9 @@ config_raw_free(struct config_section *sec)
         free(sec->raw.brand.cert_rsa);
         free(sec->raw.brand.key_rsa);
         free(sec->raw.brand.upstream);
+        free(sec->raw.brand.users);
+        free(sec->raw.brand.upstream_user);
+        free(sec->raw.brand.upstream_password_file);
         break;
     case CONFIG_S_UPSTREAM:
         free(sec->raw.upstream.preset);
@@ -1770,6 +1819,115 @@ config_brand_aliases(struct config_raw_brand *r, struct rl_brand_conf *b)
     r->aliases.n = 0;
 }
 
+/* The first line of the provider's password file, into b.  Never printed. */
+static void
+config_read_upstream_password(struct config_ctx *ctx, struct rl_brand_conf *b)
+{
+    char buf[RL_USER_PASSWORD_MAX + 2], *nl;
+    size_t n;
+    FILE *f = fopen(b->upstream_password_file, "re");
+
+    if (f == NULL) {
+        config_error(ctx, b->upstream_password_line,
+                     "cannot read upstream_password_file \"%s\": %s", b->upstream_password_file,
+                     strerror(errno));
+        return;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    nl = memchr(buf, '\n', n);
+    if (nl != NULL)
+        n = (size_t)(nl - buf);
+    if (n > RL_USER_PASSWORD_MAX) {
+        config_error(ctx, b->upstream_password_line,
+                     "upstream_password_file \"%s\": longer than %d bytes",
+                     b->upstream_password_file, RL_USER_PASSWORD_MAX);
+        n = 0;
+    } else {
+        if (n > 0 && buf[n - 1] == '\r')
+            n--;
+        buf[n] = '\0';
+        if (n == 0 || strlen(buf) != n)
+            config_error(ctx, b->upstream_password_line,
+                         "upstream_password_file \"%s\": the first line must hold the password "
+                         "(not empty, no NUL)",
+                         b->upstream_password_file);
+        else
+            b->upstream_password = config_strdup(ctx, buf);
+    }
+    explicit_bzero(buf, sizeof(buf));
+}
+
+/* Adds each line a users file printed as an error of this config (they
+ * already read "USERSFILE:LINE: message"), sorted at the users key. */
+static void
+config_users_errors(struct config_ctx *ctx, int line, const char *text, size_t len)
+{
+    const char *p = text, *end = text + len;
+
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+
+        if (n > 0)
+            config_error_raw(ctx, line, p, n);
+        p += n + 1;
+    }
+}
+
+/*
+ * users, upstream_user and upstream_password_file: all three or none.
+ * The users file is read now, so a reload takes it all or nothing, with
+ * the certificates.
+ */
+static void
+config_build_brand_users(struct config_ctx *ctx, struct config_section *sec,
+                         struct rl_brand_conf *b)
+{
+    struct config_raw_brand *r = &sec->raw.brand;
+    int lu = sec->key_lines[CONFIG_D_USERS], lup = sec->key_lines[CONFIG_D_UPSTREAM_USER];
+    int lpw = sec->key_lines[CONFIG_D_UPSTREAM_PASSWORD_FILE];
+    char *text = NULL;
+    size_t len = 0;
+    FILE *err;
+
+    b->users_line = lu;
+    b->upstream_user_line = lup;
+    b->upstream_password_line = lpw;
+    if (lu == 0 && lup == 0 && lpw == 0)
+        return;
+    if (lu == 0) {
+        config_error(ctx, lup ? lup : lpw,
+                     "upstream_user and upstream_password_file apply only with users (the "
+                     "brand's own users file)");
+        return;
+    }
+    if (lup == 0 || lpw == 0) {
+        config_error(ctx, lu,
+                     "users needs upstream_user and upstream_password_file (the provider's "
+                     "credential relabel logs in with)");
+        return;
+    }
+    /* A key given but not valid has been reported already. */
+    if (r->users == NULL || r->upstream_user == NULL || r->upstream_password_file == NULL)
+        return;
+    b->users_file = config_strdup(ctx, r->users);
+    b->upstream_user = config_strdup(ctx, r->upstream_user);
+    b->upstream_password_file = config_strdup(ctx, r->upstream_password_file);
+    if (b->upstream_password_file != NULL)
+        config_read_upstream_password(ctx, b);
+    err = open_memstream(&text, &len);
+    if (err == NULL) {
+        ctx->oom = true;
+        return;
+    }
+    rl_users_load(r->users, err, &b->users);
+    fclose(err);
+    config_users_errors(ctx, lu, text, len);
+    free(text);
+}
+
 static void
 config_build_brand(struct config_ctx *ctx, struct config_section *sec, struct rl_config *cfg)
 {
@@ -1802,6 +1960,8 @@ config_build_brand(struct config_ctx *ctx, struct config_section *sec, struct rl
         config_error(ctx, b->cert_rsa_line, "cert_rsa needs key_rsa (its private key file)");
     if (b->key_rsa_line != 0 && b->cert_rsa_line == 0)
         config_error(ctx, b->key_rsa_line, "key_rsa needs cert_rsa (its certificate file)");
+
+    config_build_brand_users(ctx, sec, b);
 
     if (r->upstream == NULL && sec->key_lines[CONFIG_D_BRAND_UPSTREAM] != 0)
         return;
@@ -2213,6 +2373,14 @@ config_free(struct rl_config *cfg)
         free(b->key);
         free(b->cert_rsa);
         free(b->key_rsa);
+        rl_users_free(b->users);
+        free(b->users_file);
+        free(b->upstream_user);
+        free(b->upstream_password_file);
+        if (b->upstream_password != NULL) {
+            explicit_bzero(b->upstream_password, strlen(b->upstream_password));
+            free(b->upstream_password);
+        }
     }
     free(cfg->brands);
     for (size_t i = 0; i < cfg->sni.n; i++)

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "relabel/config.h"
@@ -26,6 +27,7 @@
 #include "relabel/probe.h"
 #include "relabel/session.h"
 #include "relabel/snapshot.h"
+#include "relabel/users.h"
 #include "relabel/worker.h"
 #include "version.h"
 
@@ -57,6 +59,7 @@ static void
 main_usage(FILE *out)
 {
     fprintf(out, "usage: relabel [-c FILE] [--check] [--version] [--help]\n"
+                 "       relabel hash-password\n"
                  "\n"
                  "A branded TLS front end for a mail provider's SMTP service.\n"
                  "\n"
@@ -65,6 +68,9 @@ main_usage(FILE *out)
                  "                     print what would run, and exit\n"
                  "  -V, --version      print the version and exit\n"
                  "  -h, --help         print this help and exit\n"
+                 "  hash-password      read a password (standard input, or the terminal\n"
+                 "                     without echo) and print its yescrypt hash for a\n"
+                 "                     brand's users file\n"
                  "\n"
                  "relabel runs in the foreground and logs to standard error.\n"
                  "SIGTERM or SIGINT stops it.\n");
@@ -79,7 +85,7 @@ main_tls_mode(enum rl_tls_mode m)
 /* --check: a private key others can read is a finding; one the daemon
  * cannot read after dropping privileges breaks the next reload. */
 static void
-main_check_key(const struct rl_config *cfg, const char *key, int key_line)
+main_check_secret(const struct rl_config *cfg, const char *what, const char *key, int key_line)
 {
     struct passwd *pw = cfg->user ? getpwnam(cfg->user) : NULL;
     struct stat st;
@@ -87,17 +93,23 @@ main_check_key(const struct rl_config *cfg, const char *key, int key_line)
     if (stat(key, &st) < 0)
         return;
     if (st.st_mode & S_IROTH)
-        printf("  warning: %s:%d: key %s is readable by every user (chmod 600)\n", cfg->path,
-               key_line, key);
+        printf("  warning: %s:%d: %s %s is readable by every user (chmod 600)\n", cfg->path,
+               key_line, what, key);
     if (pw != NULL && pw->pw_uid != 0) {
         bool owner = st.st_uid == pw->pw_uid && (st.st_mode & S_IRUSR);
         bool group = st.st_gid == pw->pw_gid && (st.st_mode & S_IRGRP);
 
         if (!owner && !group && !(st.st_mode & S_IROTH))
-            printf("  warning: %s:%d: key %s will not be readable by user %s after the "
+            printf("  warning: %s:%d: %s %s will not be readable by user %s after the "
                    "privilege drop, so reloads will fail\n",
-                   cfg->path, key_line, key, cfg->user);
+                   cfg->path, key_line, what, key, cfg->user);
     }
+}
+
+static void
+main_check_key(const struct rl_config *cfg, const char *key, int key_line)
+{
+    main_check_secret(cfg, "key", key, key_line);
 }
 
 static const char *
@@ -174,10 +186,90 @@ main_print_summary(const struct rl_config *cfg)
         printf("  metrics: off (no [metrics] listen)\n");
     }
     for (size_t i = 0; i < cfg->nbrands; i++) {
-        main_check_key(cfg, cfg->brands[i].key, cfg->brands[i].key_line);
-        if (cfg->brands[i].key_rsa != NULL)
-            main_check_key(cfg, cfg->brands[i].key_rsa, cfg->brands[i].key_rsa_line);
+        const struct rl_brand_conf *b = &cfg->brands[i];
+
+        if (b->users != NULL)
+            printf("  brand %s: own users (%zu in %s), AUTH PLAIN LOGIN over TLS only, upstream "
+                   "login as %s\n",
+                   b->name, b->users->n, b->users_file, b->upstream_user);
+        else
+            printf("  brand %s: AUTH relayed to the upstream\n", b->name);
     }
+    for (size_t i = 0; i < cfg->nbrands; i++) {
+        const struct rl_brand_conf *b = &cfg->brands[i];
+
+        main_check_key(cfg, b->key, b->key_line);
+        if (b->key_rsa != NULL)
+            main_check_key(cfg, b->key_rsa, b->key_rsa_line);
+        if (b->upstream_password_file != NULL)
+            main_check_secret(cfg, "upstream_password_file", b->upstream_password_file,
+                              b->upstream_password_line);
+        if (b->users_file != NULL)
+            main_check_secret(cfg, "users", b->users_file, b->users_line);
+    }
+}
+
+/* Reads one line of at most cap - 1 bytes into buf without its line end;
+ * with prompt, from the terminal with echo off.  Returns the length, or -1
+ * at end of input or if the line is too long. */
+static long
+main_read_password(FILE *in, const char *prompt, char *buf, size_t cap)
+{
+    struct termios old, quiet;
+    bool tty = prompt != NULL && tcgetattr(fileno(in), &old) == 0;
+    size_t n;
+    long rc = -1;
+
+    if (tty) {
+        fputs(prompt, stderr);
+        fflush(stderr);
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        quiet.c_lflag |= ECHONL;
+        tcsetattr(fileno(in), TCSAFLUSH, &quiet);
+    }
+    if (fgets(buf, (int)cap, in) != NULL) {
+        n = strlen(buf);
+        if (n > 0 && buf[n - 1] == '\n') {
+            buf[--n] = '\0';
+            if (n > 0 && buf[n - 1] == '\r')
+                buf[--n] = '\0';
+            rc = (long)n;
+        } else if (feof(in)) {
+            rc = (long)n; /* the last line, without a line end */
+        }
+    }
+    if (tty)
+        tcsetattr(fileno(in), TCSAFLUSH, &old);
+    return rc;
+}
+
+/* relabel hash-password: a yescrypt hash for a users file line. */
+static int
+main_hash_password(void)
+{
+    char pw[RL_USER_PASSWORD_MAX + 2], again[RL_USER_PASSWORD_MAX + 2], hash[256];
+    bool tty = isatty(STDIN_FILENO);
+    long n = main_read_password(stdin, tty ? "Password: " : NULL, pw, sizeof(pw));
+    int rc = 1;
+
+    if (n < 0 || (size_t)n > RL_USER_PASSWORD_MAX) {
+        fprintf(stderr, "relabel: hash-password: no password read (one line, at most %d bytes)\n",
+                RL_USER_PASSWORD_MAX);
+    } else if (n == 0) {
+        fprintf(stderr, "relabel: hash-password: the password is empty\n");
+    } else if (tty && (main_read_password(stdin, "Again: ", again, sizeof(again)) != n ||
+                       strcmp(pw, again) != 0)) {
+        fprintf(stderr, "relabel: hash-password: the passwords differ\n");
+    } else if (rl_users_hash(pw, hash, sizeof(hash)) != 0) {
+        fprintf(stderr, "relabel: hash-password: crypt failed: %s\n", strerror(errno));
+    } else {
+        printf("%s\n", hash);
+        rc = 0;
+    }
+    explicit_bzero(pw, sizeof(pw));
+    explicit_bzero(again, sizeof(again));
+    return rc;
 }
 
 /* Drops root after the sockets are bound and the keys are read. */
@@ -545,6 +637,13 @@ main_watch_update(struct main_state *m)
     for (size_t i = 0; i < cfg->nupstreams; i++)
         if (cfg->upstreams[i].ca_file != NULL)
             main_watch_add(m, cfg->upstreams[i].ca_file);
+    /* A brand's users and the provider's password: reloaded like keys. */
+    for (size_t i = 0; i < cfg->nbrands; i++) {
+        if (cfg->brands[i].users_file != NULL)
+            main_watch_add(m, cfg->brands[i].users_file);
+        if (cfg->brands[i].upstream_password_file != NULL)
+            main_watch_add(m, cfg->brands[i].upstream_password_file);
+    }
 }
 
 /* Sessions on every worker. */
@@ -630,6 +729,8 @@ main(int argc, char **argv)
     bool check = false;
     int rc;
 
+    if (argc == 2 && strcmp(argv[1], "hash-password") == 0)
+        return main_hash_password();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
 

@@ -108,6 +108,7 @@ struct rl_metrics {
     uint64_t messages[4];
     uint64_t bytes[4];
     uint64_t auth_ok, auth_failed, plaintext_auth;
+    uint64_t local_auth[3]; /* enum rl_local_auth */
     uint64_t reloads_ok, reloads_failed;
     double last_reload_ok;
 
@@ -298,6 +299,8 @@ metrics_locked_auth(struct rl_metrics *m, int code)
     else if (code >= 500 && code < 600)
         m->auth_failed++;
 }
+
+static const char *const metrics_local_auth_names[] = {"success", "failure", "upstream_refused"};
 
 static void
 metrics_locked_plaintext_auth(struct rl_metrics *m)
@@ -572,6 +575,13 @@ metrics_locked_render(const struct rl_metrics *m, bool ready, FILE *out)
     rl_metrics_family(out, "relabel_plaintext_auth_total", "counter",
                       "AUTH commands over a plaintext client leg (require_tls = no).");
     metrics_u64(out, "relabel_plaintext_auth_total", NULL, NULL, NULL, NULL, m->plaintext_auth);
+    rl_metrics_family(out, "relabel_local_auth_total", "counter",
+                      "AUTH answered by relabel for a brand's own users: success, failure (bad "
+                      "credentials), upstream_refused (the provider refused the brand's "
+                      "credential).");
+    for (size_t i = 0; i < 3; i++)
+        metrics_u64(out, "relabel_local_auth_total", "result", metrics_local_auth_names[i], NULL,
+                    NULL, m->local_auth[i]);
 
     rl_metrics_family(out, "relabel_reloads_total", "counter",
                       "Configuration reloads (SIGHUP, certificate changes), by result.");
@@ -658,6 +668,16 @@ rl_metrics_auth(struct rl_metrics *m, int code)
         return;
     pthread_mutex_lock(&m->lock);
     metrics_locked_auth(m, code);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_local_auth(struct rl_metrics *m, enum rl_local_auth result)
+{
+    if (m == NULL || (unsigned)result > RL_LOCAL_AUTH_UPSTREAM_REFUSED)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->local_auth[result]++;
     pthread_mutex_unlock(&m->lock);
 }
 

@@ -46,6 +46,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "relabel/auth.h"
 #include "relabel/cidr.h"
 #include "relabel/conn.h"
 #include "relabel/errors.h"
@@ -59,6 +60,7 @@
 #include "relabel/snapshot.h"
 #include "relabel/tls.h"
 #include "relabel/upstream.h"
+#include "relabel/users.h"
 
 #define CL_STATE_MAP(X)                                                                            \
     X(PROXY)                                                                                       \
@@ -104,7 +106,12 @@ static const char *const up_state_names[] = {UP_STATE_MAP(SESSION_STR)
 
 /* What a FIFO entry is waiting for.  Relayed commands use their verb;
  * P_EOD is the end of a message; P_LOCAL entries carry relabel's own reply. */
-enum pending_kind { P_CMD, P_EOD, P_AUTH_CONT, P_LOCAL };
+enum pending_kind { P_CMD, P_EOD, P_AUTH_CONT, P_LOCAL, P_AUTH_UP };
+
+/* AUTH answered locally for a brand's own users: the response awaited,
+ * the password check on the threadpool, then relabel's own AUTH with the
+ * provider's credential, whose reply decides. */
+enum lauth_state { LA_NONE, LA_PLAIN, LA_LOGIN_USER, LA_LOGIN_PASS, LA_VERIFY, LA_UPSTREAM };
 
 struct pending {
     enum pending_kind kind;
@@ -188,6 +195,15 @@ struct rl_session {
     bool cl_deadline;     /* the client's timer is a deadline, not an idle timeout */
     bool up_resumed;      /* the upstream's TLS session was resumed */
 
+    /* Local AUTH (the brand has users). */
+    enum lauth_state lauth;
+    bool auth_up_cancelled;            /* the upstream asked for more: answered "*" */
+    struct rl_auth_req *auth_req;      /* the password check running */
+    const struct rl_user *auth_user;   /* logged in as (points into the snapshot) */
+    const struct rl_user *auth_trying; /* the user being checked, NULL if unknown */
+    char auth_name[RL_USER_NAME_MAX + 1];
+    size_t auth_name_len;
+
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
     size_t next_addr;
@@ -227,6 +243,8 @@ static void session_client_proxy(struct rl_session *s);
 static void session_close(struct rl_session *s, const char *why);
 static void session_up_next_addr(struct rl_session *s);
 static void session_drain_check(struct rl_session *s);
+static void session_lauth_upstream_reply(struct rl_session *s, const struct rl_smtp_reply *r,
+                                         const char *p);
 
 /* ---- small helpers -------------------------------------------------- */
 
@@ -433,9 +451,11 @@ session_blocked(struct rl_session *s)
 {
     struct pending *t = fifo_tail(s);
 
+    if (s->lauth == LA_VERIFY || s->lauth == LA_UPSTREAM)
+        return true;
     if (t == NULL)
         return false;
-    if (t->kind == P_AUTH_CONT)
+    if (t->kind == P_AUTH_CONT || t->kind == P_AUTH_UP)
         return true;
     if (t->kind != P_CMD)
         return false;
@@ -614,6 +634,10 @@ session_close(struct rl_session *s, const char *why)
         rl_upstream_cancel(s->resolve);
         s->resolve = NULL;
     }
+    if (s->auth_req != NULL) {
+        rl_auth_cancel(s->auth_req);
+        s->auth_req = NULL;
+    }
     if (s->up != NULL) {
         /* Mid-message the upstream must never see an end of data: drop the
          * connection, so it discards what it has. */
@@ -705,7 +729,8 @@ session_up_fail(struct rl_session *s, const char *reply, const char *what)
         s->up = NULL;
         s->up_out.c = NULL;
     }
-    if (s->fifo_len > 0 || s->cl_state == CL_DATA || rl_buf_len(rl_conn_in(s->cl)) > 0)
+    if (s->fifo_len > 0 || s->cl_state == CL_DATA || s->lauth == LA_VERIFY ||
+        rl_buf_len(rl_conn_in(s->cl)) > 0)
         session_reply_close(s, reply, why);
     else
         snprintf(s->reason, sizeof(s->reason), "%s", why);
@@ -942,8 +967,10 @@ session_relay_ehlo(struct rl_session *s, const struct rl_smtp_reply *r, const ch
         /* Offered before TLS on a STARTTLS listener (require_tls = no). */
         .starttls = s->lc->tls == RL_TLS_STARTTLS && !s->cl_tls,
         /* Relay mode in plaintext exists only with require_tls = no, where
-         * old clients must still log in during the migration. */
-        .auth = true,
+         * old clients must still log in during the migration; a brand's
+         * own users log in over TLS only. */
+        .auth = s->cl_tls || s->brand->users == NULL,
+        .auth_line = s->brand->users != NULL ? "AUTH PLAIN LOGIN" : NULL,
         .size_cap = s->uc->max_message_size,
     };
     char out[RL_SMTP_REPLY_MAX];
@@ -960,18 +987,29 @@ session_relay_ehlo(struct rl_session *s, const struct rl_smtp_reply *r, const ch
     batch_send(&s->cl_out, out, n);
 }
 
-static void
-session_log_message(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+/* The text of a reply's first line, provider names hidden, escaped for a
+ * log line. */
+static const char *
+session_reply_text(const struct rl_session *s, const struct rl_smtp_reply *r, const char *p,
+                   char *text, size_t cap)
 {
     const char *const *names = (const char *const *)s->uc->hide;
-    char hidden[200], text[240], mid[240];
+    char hidden[200];
     size_t off = 0, tlen = 0, n;
     const char *t = NULL;
     bool last;
 
     rl_smtp_reply_line(p, r->len, &off, &t, &tlen, &last);
     n = rl_smtp_hide(t, tlen, names, s->uc->nhide, session_host(s), hidden, sizeof(hidden));
-    rl_log_escape(hidden, n, text, sizeof(text));
+    return rl_log_escape(hidden, n, text, cap);
+}
+
+static void
+session_log_message(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+{
+    char text[240], mid[240];
+
+    session_reply_text(s, r, p, text, sizeof(text));
     rl_log_escape(s->msgid.value, strlen(s->msgid.value), mid, sizeof(mid));
     rl_log(RL_LOG_INFO,
            "%s message from=<%s> rcpts=%u size=%" PRIu64 " message_id=\"%s\" result=\"%d %s\"",
@@ -1005,6 +1043,8 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
         s->rcpts = 0;
         s->mail_from[0] = '\0';
         session_relay_reply(s, r, p);
+    } else if (e.kind == P_AUTH_UP) {
+        session_lauth_upstream_reply(s, r, p);
     } else if (e.kind == P_AUTH_CONT || e.verb == RL_SMTP_AUTH) {
         if (r->code == 334) {
             s->cl_state = CL_AUTH;
@@ -1194,6 +1234,253 @@ session_relay_line(struct rl_session *s, const char *line, size_t len)
     batch_send(&s->up_out, "\r\n", 2);
 }
 
+/* ---- local AUTH: a brand's own users ---------------------------------- */
+
+/* Encodes n bytes as standard base64 with padding; returns the length. */
+static size_t
+session_b64_encode(const unsigned char *p, size_t n, char *out)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)p[i] << 16;
+
+        if (i + 1 < n)
+            v |= (unsigned)p[i + 1] << 8;
+        if (i + 2 < n)
+            v |= p[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
+    }
+    return o;
+}
+
+/* The user name being tried, escaped for a log line. */
+static const char *
+session_auth_name(const struct rl_session *s, char *buf, size_t cap)
+{
+    return rl_log_escape(s->auth_name, s->auth_name_len, buf, cap);
+}
+
+/*
+ * The check is over.  A failure is answered 535 (after the delay auth.c
+ * already waited); a success logs in upstream with the brand's provider
+ * credential, AUTH PLAIN with an initial response, whose reply decides
+ * what the client gets.
+ */
+static void
+session_on_verified(void *arg, bool ok)
+{
+    struct rl_session *s = arg;
+    const struct rl_brand_conf *b = s->brand;
+    char esc[RL_USER_NAME_MAX * 4 + 1];
+
+    s->auth_req = NULL;
+    if (s->closing)
+        return;
+    if (!ok) {
+        s->lauth = LA_NONE;
+        rl_metrics_local_auth(s->ctx->metrics, RL_LOCAL_AUTH_FAILURE);
+        rl_metrics_auth(s->ctx->metrics, 535);
+        rl_log(RL_LOG_INFO, "%s local authentication failed user=\"%s\" client=%s brand=%s", s->id,
+               session_auth_name(s, esc, sizeof(esc)), s->cl_peer, b->name);
+        session_local(s, "535 5.7.8 Authentication credentials invalid\r\n", NULL);
+    } else if (s->up_state != UP_READY || s->up == NULL) {
+        s->lauth = LA_NONE;
+        session_reply_close(s, s->fail_reply != NULL ? s->fail_reply : REPLY_UP_LOST,
+                            s->reason[0] ? s->reason : "upstream gone during AUTH");
+    } else {
+        size_t ulen = strlen(b->upstream_user), plen = strlen(b->upstream_password);
+        unsigned char raw[RL_USER_NAME_MAX + RL_USER_PASSWORD_MAX + 2];
+        char line[11 + (sizeof(raw) + 2) / 3 * 4 + 1];
+        size_t n;
+
+        /* authzid (empty) NUL authcid NUL passwd (RFC 4616); never logged. */
+        raw[0] = '\0';
+        memcpy(raw + 1, b->upstream_user, ulen);
+        raw[1 + ulen] = '\0';
+        memcpy(raw + 2 + ulen, b->upstream_password, plen);
+        memcpy(line, "AUTH PLAIN ", 11);
+        n = 11 + session_b64_encode(raw, 2 + ulen + plen, line + 11);
+        session_relay_line(s, line, n);
+        explicit_bzero(raw, sizeof(raw));
+        explicit_bzero(line, sizeof(line));
+        s->auth_up_cancelled = false;
+        s->relayed_state = true;
+        s->lauth = LA_UPSTREAM;
+        fifo_push(s, (struct pending){.kind = P_AUTH_UP});
+        rl_log(RL_LOG_DEBUG, "%s local user=\"%s\" verified, logging in upstream", s->id,
+               session_auth_name(s, esc, sizeof(esc)));
+    }
+    if (s->closing)
+        return;
+    session_client_process(s);
+    if (!s->closing) {
+        session_flush(s);
+        session_set_timeouts(s, false);
+    }
+    if (!s->closing)
+        session_drain_check(s);
+}
+
+/* Hands user/password (plen bytes) to the threadpool; the session waits. */
+static void
+session_lauth_verify(struct rl_session *s, const char *user, size_t ulen, const char *pw,
+                     size_t plen, bool allowed)
+{
+    const struct rl_user *u = NULL;
+
+    if (ulen > RL_USER_NAME_MAX)
+        ulen = RL_USER_NAME_MAX; /* kept for the log only: no such user */
+    else if (allowed)
+        u = rl_users_find(s->brand->users, user, ulen);
+    memcpy(s->auth_name, user, ulen);
+    s->auth_name_len = ulen;
+    s->auth_trying = u;
+    s->lauth = LA_VERIFY;
+    /* An unknown user costs as much as a known one (users.c). */
+    s->auth_req = rl_auth_verify(s->ctx, u != NULL ? u->hash : NULL, pw, plen, RL_AUTH_FAIL_DELAY,
+                                 session_on_verified, s);
+    if (s->auth_req == NULL) {
+        s->lauth = LA_NONE;
+        rl_log(RL_LOG_ERROR, "%s cannot start a password check: out of memory", s->id);
+        session_local(s, "454 4.7.0 %s Temporary authentication failure\r\n", NULL);
+    }
+}
+
+/* One SASL response line (base64) in a local exchange; never logged. */
+static void
+session_lauth_response(struct rl_session *s, const char *line, size_t len)
+{
+    char raw[RL_USER_NAME_MAX * 2 + RL_USER_PASSWORD_MAX + 4];
+    long n;
+
+    if (len == 1 && line[0] == '*') {
+        s->lauth = LA_NONE;
+        session_local(s, "501 5.0.0 Authentication cancelled\r\n", NULL);
+        return;
+    }
+    n = session_b64_decode(line, len, raw, sizeof(raw));
+    if (n < 0) {
+        s->lauth = LA_NONE;
+        session_local(s, "501 5.5.2 Cannot decode response\r\n", NULL);
+        return;
+    }
+    switch (s->lauth) {
+    case LA_LOGIN_USER:
+        s->auth_name_len = (size_t)n < sizeof(s->auth_name) ? (size_t)n : sizeof(s->auth_name);
+        memcpy(s->auth_name, raw, s->auth_name_len);
+        /* A name too long to be anyone's: kept one byte over, so that it
+         * matches no user. */
+        s->lauth = LA_LOGIN_PASS;
+        session_local(s, "334 UGFzc3dvcmQ6\r\n", NULL);
+        break;
+    case LA_LOGIN_PASS: {
+        char user[sizeof(s->auth_name)];
+        size_t ulen = s->auth_name_len;
+
+        memcpy(user, s->auth_name, ulen);
+        session_lauth_verify(s, user, ulen, raw, (size_t)n, true);
+        break;
+    }
+    case LA_PLAIN: {
+        /* authzid NUL authcid NUL passwd (RFC 4616 §2). */
+        const char *z1 = memchr(raw, '\0', (size_t)n);
+        const char *z2 = z1 ? memchr(z1 + 1, '\0', (size_t)(raw + n - z1 - 1)) : NULL;
+
+        if (z2 == NULL) {
+            s->lauth = LA_NONE;
+            session_local(s, "501 5.5.2 Malformed PLAIN response\r\n", NULL);
+            break;
+        }
+        /* Acting for someone else (an authzid other than oneself) is not
+         * offered: such a login fails like a bad password. */
+        bool self = z1 == raw || ((size_t)(z1 - raw) == (size_t)(z2 - z1 - 1) &&
+                                  memcmp(raw, z1 + 1, (size_t)(z1 - raw)) == 0);
+
+        session_lauth_verify(s, z1 + 1, (size_t)(z2 - z1 - 1), z2 + 1, (size_t)(raw + n - z2 - 1),
+                             self);
+        break;
+    }
+    default:
+        break;
+    }
+    explicit_bzero(raw, sizeof(raw));
+}
+
+/* AUTH for a brand with its own users: only over TLS, PLAIN or LOGIN. */
+static bool
+session_local_auth(struct rl_session *s, const struct rl_smtp_cmd *cmd)
+{
+    const char *sp = memchr(cmd->arg, ' ', cmd->arg_len);
+    size_t mlen = sp != NULL ? (size_t)(sp - cmd->arg) : cmd->arg_len;
+    bool plain = mlen == 5 && strncasecmp(cmd->arg, "PLAIN", 5) == 0;
+    bool login = mlen == 5 && strncasecmp(cmd->arg, "LOGIN", 5) == 0;
+
+    rl_log(RL_LOG_DEBUG, "%s client AUTH (local)", s->id);
+    if (!s->cl_tls) {
+        /* Never in plaintext, not even on a require_tls = no listener. */
+        session_local(
+            s, "538 5.7.11 Encryption required for requested authentication mechanism\r\n", NULL);
+        return true;
+    }
+    if (s->auth_user != NULL) {
+        session_local(s, "503 5.5.1 Already authenticated\r\n", NULL);
+        return true;
+    }
+    if (s->in_tx) {
+        session_local(s, "503 5.5.1 AUTH not permitted during a mail transaction\r\n", NULL);
+        return true;
+    }
+    if (!plain && !login) {
+        session_local(s, "504 5.5.4 Unrecognized authentication type\r\n", NULL);
+        return true;
+    }
+    s->lauth = plain ? LA_PLAIN : LA_LOGIN_USER;
+    if (sp != NULL)
+        session_lauth_response(s, sp + 1, cmd->arg_len - mlen - 1);
+    else
+        session_local(s, plain ? "334 \r\n" : "334 VXNlcm5hbWU6\r\n", NULL);
+    return true;
+}
+
+/* The upstream's reply to relabel's own AUTH with the provider credential. */
+static void
+session_lauth_upstream_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
+{
+    char esc[RL_USER_NAME_MAX * 4 + 1], text[240];
+
+    if (r->code == 334) {
+        /* A challenge after an initial response: cancel the exchange and
+         * report the failure once the upstream has answered the "*". */
+        session_relay_line(s, "*", 1);
+        fifo_push(s, (struct pending){.kind = P_AUTH_UP});
+        s->auth_up_cancelled = true;
+        return;
+    }
+    s->lauth = LA_NONE;
+    if (r->code == 235 && !s->auth_up_cancelled) {
+        s->auth_user = s->auth_trying;
+        rl_metrics_local_auth(s->ctx->metrics, RL_LOCAL_AUTH_SUCCESS);
+        rl_metrics_auth(s->ctx->metrics, 235);
+        rl_log(RL_LOG_INFO, "%s client authenticated user=\"%s\" (local) brand=%s", s->id,
+               session_auth_name(s, esc, sizeof(esc)), s->brand->name);
+        session_reply(s, "235 2.7.0 Authentication successful\r\n");
+        return;
+    }
+    /* The operator's problem, not the client's: a temporary failure. */
+    rl_log(RL_LOG_WARN,
+           "%s upstream refused the provider credential of brand %s (upstream_user %s): %d %s",
+           s->id, s->brand->name, s->brand->upstream_user, r->code,
+           session_reply_text(s, r, p, text, sizeof(text)));
+    s->auth_up_cancelled = false;
+    rl_metrics_local_auth(s->ctx->metrics, RL_LOCAL_AUTH_UPSTREAM_REFUSED);
+    session_reply(s, "454 4.7.0 %s Temporary authentication failure\r\n");
+}
+
 /* The pre-TLS dialogue on a STARTTLS listener with require_tls = yes:
  * answered here, nothing reaches the upstream (RFC 3207 §4). */
 static void
@@ -1291,6 +1578,8 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
         session_local(s, "502 5.5.1 BDAT not supported, closing\r\n", "BDAT not supported");
         return false;
     case RL_SMTP_AUTH:
+        if (s->brand->users != NULL)
+            return session_local_auth(s, cmd);
         if (!s->cl_tls) {
             const char *sp = memchr(cmd->arg, ' ', cmd->arg_len);
 
@@ -1317,6 +1606,20 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
             /* RFC 1870 §6.1: refused before any byte is sent, since the
              * provider announces more than it really takes. */
             session_local(s, "552 5.3.4 Message size exceeds fixed maximum message size\r\n", NULL);
+            return true;
+        }
+        if (s->auth_user != NULL && s->auth_user->ndomains > 0 &&
+            (lt == NULL || gt == NULL ||
+             !rl_user_sender_ok(s->auth_user, lt + 1, (size_t)(gt - lt - 1)))) {
+            char who[RL_USER_NAME_MAX * 4 + 1], from[200];
+
+            rl_log(RL_LOG_INFO, "%s sender refused user=\"%s\" from=<%s>: not in its domains",
+                   s->id,
+                   rl_log_escape(s->auth_user->name, strlen(s->auth_user->name), who, sizeof(who)),
+                   lt != NULL && gt != NULL
+                       ? rl_log_escape(lt + 1, (size_t)(gt - lt - 1), from, sizeof(from))
+                       : "");
+            session_local(s, "553 5.7.1 Sender address not allowed for this user\r\n", NULL);
             return true;
         }
         if (lt != NULL && gt != NULL)
@@ -1522,6 +1825,28 @@ session_client_process(struct rl_session *s)
                 session_reply_close(s, "421 4.7.0 %s Too many errors, closing connection\r\n",
                                     "too many errors");
             break;
+        }
+        if (s->lauth == LA_PLAIN || s->lauth == LA_LOGIN_USER || s->lauth == LA_LOGIN_PASS) {
+            /* A response line of a local SASL exchange: never a command,
+             * never logged. */
+            rc = rl_smtp_line(rl_buf_data(in), rl_buf_len(in), cfg->max_line, &line, &line_len,
+                              &used);
+            if (rc == RL_SMTP_MORE) {
+                owed = true;
+                break;
+            }
+            if (rc == RL_SMTP_OK) {
+                session_lauth_response(s, line, line_len);
+                rl_buf_consume(in, used);
+                continue;
+            }
+            s->lauth = LA_NONE;
+            s->discard_quiet = session_skip_rest(s, rc, used);
+            rl_buf_consume(in, used);
+            session_local(s, "501 5.5.2 Invalid response, authentication cancelled\r\n", NULL);
+            if (s->discard_quiet)
+                session_enter_cl(s, CL_DISCARD);
+            continue;
         }
         if (s->cl_state == CL_AUTH) {
             /* One response line of a SASL exchange (RFC 4954 §4): relayed

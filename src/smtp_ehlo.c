@@ -181,7 +181,7 @@ rl_smtp_ehlo_render(const char *reply, size_t len, const struct rl_smtp_ehlo_opt
         kw = ehlo_lookup(text, tlen);
         if (kw == NULL || !kw->keep || (kw->flag & seen))
             continue;
-        if (kw->flag == RL_EHLO_AUTH && !opts->auth)
+        if (kw->flag == RL_EHLO_AUTH && (!opts->auth || opts->auth_line != NULL))
             continue;
         seen |= kw->flag;
         it = &items[nitems++];
@@ -200,6 +200,11 @@ rl_smtp_ehlo_render(const char *reply, size_t len, const struct rl_smtp_ehlo_opt
     if (opts->size_cap != 0 && !(seen & RL_EHLO_SIZE)) {
         items[nitems].text = NULL;
         items[nitems].size = opts->size_cap;
+        nitems++;
+    }
+    if (opts->auth && opts->auth_line != NULL) {
+        items[nitems].text = opts->auth_line;
+        items[nitems].len = strlen(opts->auth_line);
         nitems++;
     }
     if (opts->starttls) {

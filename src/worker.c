@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "relabel/auth.h"
 #include "relabel/errors.h"
 #include "relabel/listener.h"
 #include "relabel/log.h"
@@ -151,6 +152,7 @@ worker_main(void *arg)
     w->finished = true;
     uv_cond_signal(&w->cond); /* a command still waited for is not coming */
     uv_mutex_unlock(&w->mu);
+    rl_auth_close(&w->ctx);
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     uv_async_send(&w->pool->done);
@@ -254,6 +256,7 @@ worker_close_unstarted(struct worker *w)
     if (w->listeners != NULL)
         rl_listeners_close(w->listeners);
     w->listeners = NULL;
+    rl_auth_close(&w->ctx);
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
 }
@@ -311,7 +314,12 @@ rl_workers_start(unsigned n, uv_loop_t *main_loop, struct rl_shared *sh, struct 
         /* Distinct session ids per worker from the same seed. */
         w->ctx.id_seed = id_seed ^ ((uint64_t)made * 0xd6e8feb86659fd93ULL);
         sh->workers[made] = &w->ctx;
-        rc = rl_listeners_open(&w->ctx, snap, n > 1, err, &w->listeners);
+        rc = rl_auth_init(&w->ctx);
+        if (rc < 0)
+            fprintf(err, "%s: cannot start worker %u: %s\n", snap->cfg->path, made,
+                    uv_strerror(rc));
+        else
+            rc = rl_listeners_open(&w->ctx, snap, n > 1, err, &w->listeners);
         if (rc < 0)
             w->listeners = NULL;
     }

@@ -21,6 +21,8 @@
 #include "relabel/cidr.h"
 #include "relabel/sni.h"
 
+struct rl_users;
+
 enum rl_tls_mode { RL_TLS_IMPLICIT, RL_TLS_STARTTLS };
 enum rl_log_format { RL_LOG_TEXT, RL_LOG_JSON };
 
@@ -70,6 +72,17 @@ struct rl_brand_conf {
     char *key_rsa;
     int key_rsa_line;
     struct rl_upstream_conf *upstream; /* points into rl_config.upstreams */
+    /* Own users (users = FILE): relabel answers AUTH itself (TLS only)
+     * and logs in upstream as upstream_user with the password read from
+     * upstream_password_file.  NULL: AUTH is relayed as it is. */
+    struct rl_users *users;
+    char *users_file;
+    int users_line;
+    char *upstream_user;
+    int upstream_user_line;
+    char *upstream_password_file;
+    int upstream_password_line;
+    char *upstream_password; /* the file's first line; never logged */
 };
 
 struct rl_listener_conf {

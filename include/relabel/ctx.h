@@ -24,6 +24,7 @@ struct rl_session;
 struct rl_ratelimit;
 struct rl_metrics;
 struct rl_ctx;
+struct rl_authq;
 
 struct rl_shared {
     pthread_mutex_t lock;     /* guards every field below, and the sessions lists */
@@ -34,6 +35,9 @@ struct rl_shared {
     /* New connections per client address (max_connection_rate); it
      * outlives reloads, which only change the rate.  NULL: no limit. */
     struct rl_ratelimit *rate;
+    /* Password checks running on the threadpool (auth.c), at most
+     * RL_AUTH_VERIFY_MAX. */
+    unsigned nverify;
 };
 
 struct rl_ctx {
@@ -45,7 +49,8 @@ struct rl_ctx {
     unsigned long nsessions;     /* this worker's */
     uint64_t id_seed;
     uint64_t id_next;
-    unsigned index; /* the worker's number, from 0 */
+    struct rl_authq *authq; /* password checks waiting (auth.c); written under shared->lock */
+    unsigned index;         /* the worker's number, from 0 */
     bool stopping;
 };
 

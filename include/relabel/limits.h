@@ -64,6 +64,13 @@
  * contention; auto takes the CPUs this process may run on, up to this. */
 #define RL_WORKERS_MAX 64
 
+/* Password checks of local users (crypt, on the libuv threadpool) running
+ * at once in the whole process: the threadpool's other work (resolving
+ * upstream names) keeps its threads.  A failed check is answered this
+ * long after it ended, so guessing costs the guesser time. */
+#define RL_AUTH_VERIFY_MAX 2
+#define RL_AUTH_FAIL_DELAY 1500
+
 /* Shutdown: transactions in progress may finish for this long. */
 #define RL_TIMEOUT_DRAIN_DEFAULT 30000
 /* Certificate files changed: reload once they have been quiet this long

@@ -84,6 +84,9 @@ void rl_metrics_message(struct rl_metrics *m, int code);
  * client leg (require_tls = no). */
 void rl_metrics_auth(struct rl_metrics *m, int code);
 void rl_metrics_plaintext_auth(struct rl_metrics *m);
+/* AUTH answered by relabel for a brand's own users. */
+enum rl_local_auth { RL_LOCAL_AUTH_SUCCESS, RL_LOCAL_AUTH_FAILURE, RL_LOCAL_AUTH_UPSTREAM_REFUSED };
+void rl_metrics_local_auth(struct rl_metrics *m, enum rl_local_auth result);
 /* A finished TLS handshake on the client or the upstream leg. */
 void rl_metrics_handshake(struct rl_metrics *m, bool upstream, bool resumed);
 

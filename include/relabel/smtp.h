@@ -143,6 +143,9 @@ struct rl_smtp_ehlo_opts {
     bool starttls;        /* append STARTTLS */
     bool auth;            /* keep AUTH (never "AUTH=") */
     uint64_t size_cap;    /* 0: none; else SIZE is min(upstream, cap), added if absent */
+    /* Non-NULL (with auth): relabel answers AUTH itself; this whole line
+     * ("AUTH PLAIN LOGIN") replaces whatever AUTH the upstream offers. */
+    const char *auth_line;
 };
 
 /*

@@ -134,7 +134,8 @@ ehlo_check_render(const char *reply, size_t len, const struct rl_smtp_ehlo_opts 
         if (nline++ == 0)
             continue;
         kw = ehlo_kw_of(text, tlen, NULL);
-        if (kw == NULL || !kw->keep || (kw->flag == RL_EHLO_AUTH && !opts->auth))
+        if (kw == NULL || !kw->keep ||
+            (kw->flag == RL_EHLO_AUTH && (!opts->auth || opts->auth_line != NULL)))
             continue;
         for (i = 0; i < nseen; i++)
             dup = dup || seen[i] == kw;
@@ -161,6 +162,13 @@ ehlo_check_render(const char *reply, size_t len, const struct rl_smtp_ehlo_opts 
     if (opts->size_cap != 0 && !seen_size) {
         want[nwant].text = NULL;
         want[nwant].size = opts->size_cap;
+        nwant++;
+    }
+    if (opts->auth && opts->auth_line != NULL) {
+        /* relabel's own AUTH line replaces the upstream's. */
+        want[nwant].text = opts->auth_line;
+        want[nwant].len = strlen(opts->auth_line);
+        want[nwant].size = 0;
         nwant++;
     }
     if (opts->starttls) {
@@ -295,6 +303,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     opts.auth = (data[0] >> 1) & 1;
     opts.size_cap = caps[(data[0] >> 2) & 7];
     opts.hostname = hosts[(data[0] >> 5) & 3];
+    opts.auth_line = (data[0] & 0x80) != 0 ? "AUTH PLAIN LOGIN" : NULL;
     small_cap = data[1];
     reply = (const char *)data + EHLO_HDR;
     len = size - EHLO_HDR;

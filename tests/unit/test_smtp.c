@@ -510,7 +510,7 @@ ehlo_check(const char *reply, const struct rl_smtp_ehlo_opts *o, const char *wan
 static void
 test_ehlo_render(void **state)
 {
-    struct rl_smtp_ehlo_opts o = {"smtp.example.com", false, true, 26214400};
+    struct rl_smtp_ehlo_opts o = {"smtp.example.com", false, true, 26214400, NULL};
     struct rl_smtp_reply r;
 
     ehlo_check(mailgun_ehlo, &o,
@@ -535,6 +535,21 @@ test_ehlo_render(void **state)
     /* Absent: added. */
     ehlo_check("250-mx\r\n250 8BITMIME\r\n", &o,
                "250-smtp.example.com\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n");
+
+    /* relabel answers AUTH itself (a brand's own users): its line
+     * replaces the upstream's, and is added when the upstream has none;
+     * without auth (before TLS) there is none at all. */
+    o.auth_line = "AUTH PLAIN LOGIN";
+    o.auth = true;
+    o.size_cap = 0;
+    ehlo_check("250-mx\r\n250-AUTH CRAM-MD5 XOAUTH2\r\n250 PIPELINING\r\n", &o,
+               "250-smtp.example.com\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n");
+    ehlo_check("250-mx\r\n250 8BITMIME\r\n", &o,
+               "250-smtp.example.com\r\n250-8BITMIME\r\n250 AUTH PLAIN LOGIN\r\n");
+    o.auth = false;
+    ehlo_check("250-mx\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n", &o,
+               "250-smtp.example.com\r\n250 8BITMIME\r\n");
+    o.auth_line = NULL;
 
     /* Dropped: CHUNKING, BINARYMIME, STARTTLS, AUTH=, unknown, duplicates. */
     o.size_cap = 0;
@@ -1169,7 +1184,7 @@ test_guard_page(void **state)
     static const char *const data_in[] = {".", ".\r", "abc\r", "a\r\n.", "a\r\n.\r", "a\n", "\r"};
     struct rl_smtp_cmd cmd;
     struct rl_smtp_reply rep;
-    struct rl_smtp_ehlo_opts o = {"h", true, true, 10};
+    struct rl_smtp_ehlo_opts o = {"h", true, true, 10, NULL};
     struct rl_smtp_data d;
     char out[256];
     size_t used, len, i;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "fake_env.h"
+#include "relabel/auth.h"
 #include "relabel/errors.h"
 #include "relabel/limits.h"
 #include "relabel/snapshot.h"
@@ -660,4 +661,30 @@ rl_upstream_cancel(struct rl_upstream_req *req)
         fake_fail("rl_upstream_cancel of an unknown request");
     fake.resolve = NULL;
     free(req);
+}
+
+/* ---- auth.h ------------------------------------------------------------- */
+
+/* The fuzz config's brands have no users (AUTH is relayed), so the session
+ * never starts a password check; one would be a finding. */
+struct rl_auth_req *
+rl_auth_verify(struct rl_ctx *ctx, const char *hash, const char *password, size_t plen,
+               unsigned fail_delay_ms, rl_auth_cb cb, void *arg)
+{
+    (void)ctx;
+    (void)hash;
+    (void)password;
+    (void)plen;
+    (void)fail_delay_ms;
+    (void)cb;
+    (void)arg;
+    fake_fail("a password check for a brand without users");
+    return NULL;
+}
+
+void
+rl_auth_cancel(struct rl_auth_req *req)
+{
+    (void)req;
+    fake_fail("rl_auth_cancel without a password check");
 }
