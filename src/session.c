@@ -1602,6 +1602,12 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
         const char *gt = lt ? memchr(lt, '>', (size_t)(cmd->arg + cmd->arg_len - lt)) : NULL;
         uint64_t size = session_mail_size(cmd->arg, cmd->arg_len);
 
+        if (s->brand->users != NULL && s->auth_user == NULL) {
+            /* The brand's users log in here: without a login the upstream
+             * leg has none either, so say so plainly (RFC 4954 §6). */
+            session_local(s, "530 5.7.0 Authentication required\r\n", NULL);
+            return true;
+        }
         if (s->uc->max_message_size != 0 && size > s->uc->max_message_size) {
             /* RFC 1870 §6.1: refused before any byte is sent, since the
              * provider announces more than it really takes. */

@@ -485,3 +485,17 @@ def test_logs_free_of_secrets(relabel_factory, upstream_factory, client_ctx, cre
     assert provider not in log
     for hh in creds.hashes.values():
         assert hh not in log and hh.split("$")[-1] not in log
+
+
+def test_mail_before_local_login_is_530(relabel_factory, upstream_factory, client_ctx, creds):
+    """A brand with its own users: MAIL without a login is answered 530
+    5.7.0 by relabel and never reaches the upstream (which has no login on
+    that leg either); after the login the same MAIL goes through."""
+    up, rl = start(relabel_factory, upstream_factory, creds)
+    c = tls_client(rl, client_ctx)
+    r = c.cmd("MAIL FROM:<early@example.com>")
+    assert r.raw == b"530 5.7.0 Authentication required\r\n", r
+    assert "MAIL" not in up.recorder.verbs()
+    assert login(c, "plain-ir", ALICE, ALICE_PW).code == 235
+    assert c.send_message(b"Subject: after login\r\n\r\nok\r\n").code == 250
+    assert len(up.recorder.wait_messages(1)) == 1
