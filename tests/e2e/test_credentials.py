@@ -340,10 +340,11 @@ def test_concurrent_checks_do_not_stall_other_sessions(relabel_factory, upstream
     for t in threads:
         t.join()
     assert results == [235] * n
-    # Their sum on the loop would be n * one; the probe must never wait
-    # for more than a small part of it.
-    assert one * n > 0.2, f"checks too cheap to tell ({one:.3f}s each)"
-    assert worst < min(0.15, one * n / 3), f"NOOP waited {worst:.3f}s (one check {one:.3f}s)"
+    # On the loop the probe would wait for their sum, n * one; off it,
+    # only for the scheduling noise of a shared machine.  Half the sum
+    # tells the two apart with room for that noise.
+    assert one * n > 0.4, f"checks too cheap to tell ({one:.3f}s each)"
+    assert worst < one * n / 2, f"NOOP waited {worst:.3f}s (one check {one:.3f}s)"
 
 
 def test_reload_with_changed_users_file(relabel_factory, upstream_factory, client_ctx, creds):
