@@ -477,8 +477,7 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_MAX_MESSAGE_SIZE] = {CONFIG_U(max_message_size, config_parse_size), .min = 0,
                                    .max = CONFIG_SIZE_MAX},
     [CONFIG_D_HIDE] = {CONFIG_U(hide, config_parse_list), .empty_ok = true},
-    [CONFIG_D_FALLBACK] = {CONFIG_DIRECTIVE(CONFIG_S_UPSTREAM, config_raw_upstream, fallback,
-                                            config_parse_fallback)},
+    [CONFIG_D_FALLBACK] = {CONFIG_U(fallback, config_parse_fallback)},
 
     [CONFIG_D_METRICS_LISTEN] = {CONFIG_M(listen, config_parse_listen)},
     [CONFIG_D_CHECK_INTERVAL] = {CONFIG_M(upstream_check_interval, config_parse_duration),
