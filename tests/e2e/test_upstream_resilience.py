@@ -111,6 +111,26 @@ def test_fallback_from_refused_465_to_587_starttls(upstream_factory, relabel_fac
     assert not c.provider_leaks()
 
 
+def test_upstream_check_uses_the_fallback_port(upstream_factory, relabel_factory):
+    """/readyz follows the sessions: a dead primary port with a live fallback is ready."""
+    dead = h.free_port()
+    up = upstream_factory("starttls")
+    mport = h.free_port()
+    relabel_factory(dead, "implicit", upstream_opts={"fallback": f"{up.port} starttls"},
+                    metrics_opts={"listen": f"{h.LOCALHOST}:{mport}"})
+
+    def ready():
+        conn = http.client.HTTPConnection(h.LOCALHOST, mport, timeout=h.TIMEOUT)
+        try:
+            conn.request("GET", "/readyz")
+            return conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+    h.wait_for(ready, what="/readyz 200 through the fallback port")
+    assert up.recorder.saw("STARTTLS")
+
+
 def test_fallback_port_with_wrong_certificate_is_refused(upstream_factory, relabel_factory,
                                                          client_ctx):
     dead = h.free_port()
