@@ -166,6 +166,8 @@ struct config_raw_upstream {
     char *helo_name;
     int64_t max_message_size;
     struct config_list hide;
+    struct rl_upstream_port fallback[RL_UPSTREAM_FALLBACK_MAX];
+    size_t nfallback;
 };
 
 struct config_raw_metrics {
@@ -342,6 +344,8 @@ static bool config_parse_login(struct config_ctx *, const struct config_directiv
                                void *);
 static bool config_parse_preset(struct config_ctx *, const struct config_directive *, const char *,
                                 void *);
+static bool config_parse_fallback(struct config_ctx *, const struct config_directive *,
+                                  const char *, void *);
 
 /* Indices into config_directives, for the checks that need to know whether
  * (and on which line) a particular key was given. */
@@ -397,6 +401,7 @@ enum config_dindex {
     CONFIG_D_HELO_NAME,
     CONFIG_D_MAX_MESSAGE_SIZE,
     CONFIG_D_HIDE,
+    CONFIG_D_FALLBACK,
     CONFIG_D_METRICS_LISTEN,
     CONFIG_D_CHECK_INTERVAL,
     CONFIG_D_READY_MAX_AGE,
@@ -485,6 +490,7 @@ static const struct config_directive config_directives[CONFIG_D_COUNT] = {
     [CONFIG_D_MAX_MESSAGE_SIZE] = {CONFIG_U(max_message_size, config_parse_size), .min = 0,
                                    .max = CONFIG_SIZE_MAX},
     [CONFIG_D_HIDE] = {CONFIG_U(hide, config_parse_list), .empty_ok = true},
+    [CONFIG_D_FALLBACK] = {CONFIG_U(fallback, config_parse_fallback)},
 
     [CONFIG_D_METRICS_LISTEN] = {CONFIG_M(listen, config_parse_listen)},
     [CONFIG_D_CHECK_INTERVAL] = {CONFIG_M(upstream_check_interval, config_parse_duration),
@@ -1212,6 +1218,69 @@ config_listen_item(const char *item, struct rl_addr *out, size_t *n)
     return config_addr_set(&out[(*n)++], family, host, (int)port);
 }
 
+/*
+ * "fallback = 587 starttls, 2525 starttls": ports to try in order, each
+ * with its TLS mode (implicit or starttls: there is no plaintext mode).
+ */
+static bool
+config_parse_fallback(struct config_ctx *ctx, const struct config_directive *d, const char *value,
+                      void *field)
+{
+    struct config_raw_upstream *u =
+        (struct config_raw_upstream *)((char *)field -
+                                       offsetof(struct config_raw_upstream, fallback));
+    char *copy = config_strdup(ctx, value), *save = NULL, *item;
+    bool ok = true;
+
+    if (copy == NULL)
+        return false;
+    u->nfallback = 0;
+    for (item = copy; item != NULL; item = save) {
+        char *mode, *end;
+        unsigned long port;
+        int tls = -1;
+
+        save = strchr(item, ',');
+        if (save != NULL)
+            *save++ = '\0';
+        item = config_trim(item);
+        mode = item + strcspn(item, " \t");
+        if (*mode != '\0')
+            *mode++ = '\0';
+        mode = config_trim(mode);
+        port = strtoul(item, &end, 10);
+        for (size_t i = 0; config_names_tls[i].name != NULL; i++)
+            if (strcasecmp(mode, config_names_tls[i].name) == 0)
+                tls = config_names_tls[i].value;
+        if (*item < '0' || *item > '9' || *end != '\0' || port < 1 || port > 65535 || tls < 0) {
+            config_error(ctx, ctx->lineno,
+                         "invalid %s item \"%s%s%s\" (expected PORT MODE, e.g. \"587 starttls\"; "
+                         "MODE is implicit or starttls)",
+                         d->key, item, *mode != '\0' ? " " : "", mode);
+            ok = false;
+            continue;
+        }
+        if (u->nfallback == RL_UPSTREAM_FALLBACK_MAX) {
+            config_error(ctx, ctx->lineno, "invalid %s: at most %d ports", d->key,
+                         RL_UPSTREAM_FALLBACK_MAX);
+            ok = false;
+            break;
+        }
+        for (size_t i = 0; i < u->nfallback; i++)
+            if (u->fallback[i].port == port) {
+                config_error(ctx, ctx->lineno, "invalid %s: port %lu listed twice", d->key, port);
+                ok = false;
+            }
+        u->fallback[u->nfallback].port = (uint16_t)port;
+        u->fallback[u->nfallback].tls = (enum rl_tls_mode)tls;
+        u->nfallback++;
+    }
+    free(copy);
+    if (!ok)
+        u->nfallback = 0;
+    return ok;
+}
+
 static bool
 config_parse_listen(struct config_ctx *ctx, const struct config_directive *d, const char *value,
                     void *field)
@@ -1755,6 +1824,13 @@ config_merge_upstream(struct config_ctx *ctx, const struct config_section *sec,
     u->helo_name = config_strdup(ctx, r->helo_name);
     u->max_message_size = (uint64_t)config_merge(
         r->max_message_size, preset != NULL ? (int64_t)preset->max_message_size : 0);
+
+    for (size_t i = 0; i < r->nfallback; i++) {
+        if (r->fallback[i].port == u->port)
+            config_error(ctx, sec->key_lines[CONFIG_D_FALLBACK],
+                         "fallback port %u is the upstream's own port", u->port);
+        u->fallback[u->nfallback++] = r->fallback[i];
+    }
 
     if (r->hide.set || preset != NULL) {
         size_t n = r->hide.set ? r->hide.n : preset->nhide;

@@ -87,6 +87,8 @@ struct metrics_upstream {
     struct metrics_named n;
     uint64_t connect_failures;
     uint64_t verify_failures;
+    uint64_t fallbacks;         /* sessions that moved on to a fallback port */
+    uint64_t skipped_addresses; /* addresses skipped as recently broken */
 };
 
 struct metrics_cert {
@@ -356,6 +358,24 @@ metrics_locked_upstream_connect_failure(struct rl_metrics *m, const char *upstre
 }
 
 static void
+metrics_locked_upstream_fallback(struct rl_metrics *m, const char *upstream)
+{
+    struct metrics_upstream *u = metrics_upstream(m, upstream);
+
+    if (u != NULL)
+        u->fallbacks++;
+}
+
+static void
+metrics_locked_upstream_skipped(struct rl_metrics *m, const char *upstream, unsigned n)
+{
+    struct metrics_upstream *u = metrics_upstream(m, upstream);
+
+    if (u != NULL)
+        u->skipped_addresses += n;
+}
+
+static void
 metrics_locked_reload(struct rl_metrics *m, bool ok, double when)
 {
     if (m == NULL)
@@ -501,6 +521,17 @@ metrics_render_upstreams(const struct rl_metrics *m, FILE *out)
     for (e = m->upstreams; e != NULL; e = e->next)
         metrics_u64(out, "relabel_upstream_verify_failures_total", "upstream", e->name, NULL, NULL,
                     metrics_as_upstream(e)->verify_failures);
+    rl_metrics_family(out, "relabel_upstream_fallbacks_total", "counter",
+                      "Times a session moved on to the upstream's next fallback port.");
+    for (e = m->upstreams; e != NULL; e = e->next)
+        metrics_u64(out, "relabel_upstream_fallbacks_total", "upstream", e->name, NULL, NULL,
+                    metrics_as_upstream(e)->fallbacks);
+    rl_metrics_family(out, "relabel_upstream_skipped_addresses_total", "counter",
+                      "Upstream addresses a session skipped because they recently refused or "
+                      "timed out.");
+    for (e = m->upstreams; e != NULL; e = e->next)
+        metrics_u64(out, "relabel_upstream_skipped_addresses_total", "upstream", e->name, NULL,
+                    NULL, metrics_as_upstream(e)->skipped_addresses);
 }
 
 static void
@@ -728,6 +759,26 @@ rl_metrics_upstream_connect_failure(struct rl_metrics *m, const char *upstream)
         return;
     pthread_mutex_lock(&m->lock);
     metrics_locked_upstream_connect_failure(m, upstream);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_upstream_fallback(struct rl_metrics *m, const char *upstream)
+{
+    if (m == NULL)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_upstream_fallback(m, upstream);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void
+rl_metrics_upstream_skipped(struct rl_metrics *m, const char *upstream, unsigned n)
+{
+    if (m == NULL || n == 0)
+        return;
+    pthread_mutex_lock(&m->lock);
+    metrics_locked_upstream_skipped(m, upstream, n);
     pthread_mutex_unlock(&m->lock);
 }
 

@@ -18,7 +18,9 @@
  * answering.  Each wait has a timeout (upstream_connect_timeout for
  * connecting and each handshake, upstream_timeout for each reply, both
  * capped at RL_CHECK_STEP_MAX; name resolution: the next round).  Connection failures move on to
- * the next address, as sessions do; anything after that fails the check.
+ * the next address, then to the next fallback port, as sessions do;
+ * anything after that fails the check.  Broken addresses are not skipped
+ * here: a check looks at every address it needs to.
  *
  * Never here: mbedTLS (conn.c and tls.c do TLS), sessions, counters of
  * sessions.  Failure texts are the same diagnostics sessions log (reply
@@ -87,8 +89,10 @@ struct probe_run {
     struct rl_upstream_req *resolve;
     struct rl_upstream_addrs addrs;
     size_t next_addr;
-    struct rl_conn *c; /* the current connection attempt */
-    int nconns;        /* conns not yet CLOSED, failed attempts included */
+    size_t port_idx;       /* 0: the upstream's port, else fallback[port_idx - 1] */
+    enum rl_tls_mode mode; /* of that port */
+    struct rl_conn *c;     /* the current connection attempt */
+    int nconns;            /* conns not yet CLOSED, failed attempts included */
     enum probe_state st;
     bool done;
     char why[PROBE_WHY_MAX]; /* why the last address failed */
@@ -227,7 +231,7 @@ probe_reply(struct probe_run *run, const struct rl_smtp_reply *r, const char *p)
     }
     switch (run->st) {
     case PROBE_GREETING:
-        probe_ehlo(run, run->uc->tls == RL_TLS_IMPLICIT ? PROBE_EHLO2 : PROBE_EHLO);
+        probe_ehlo(run, run->mode == RL_TLS_IMPLICIT ? PROBE_EHLO2 : PROBE_EHLO);
         return !run->done;
     case PROBE_EHLO: {
         uint64_t size;
@@ -310,7 +314,7 @@ probe_on_event(struct rl_conn *c, enum rl_conn_event ev, void *arg)
         return; /* an abandoned attempt */
     switch (ev) {
     case RL_CONN_CONNECTED:
-        if (run->uc->tls == RL_TLS_IMPLICIT) {
+        if (run->mode == RL_TLS_IMPLICIT) {
             probe_start_tls(run, PROBE_TLS);
         } else {
             run->st = PROBE_GREETING;
@@ -370,8 +374,15 @@ probe_next_addr(struct probe_run *run)
         run->c = NULL;
     }
     if (run->next_addr >= run->addrs.n) {
-        probe_finish(run, false, run->why[0] ? run->why : "no address");
-        return;
+        if (run->port_idx >= run->uc->nfallback) {
+            probe_finish(run, false, run->why[0] ? run->why : "no address");
+            return;
+        }
+        /* Every address failed to connect: the next fallback port. */
+        run->mode = run->uc->fallback[run->port_idx].tls;
+        rl_upstream_set_port(&run->addrs, run->uc->fallback[run->port_idx].port);
+        run->port_idx++;
+        run->next_addr = 0;
     }
     run->c = rl_conn_new(run->loop, probe_on_event, run);
     if (run->c == NULL) {
@@ -401,6 +412,8 @@ probe_on_resolved(void *arg, int status, const struct rl_upstream_addrs *addrs)
         return;
     }
     run->addrs = *addrs;
+    run->port_idx = 0;
+    run->mode = run->uc->tls;
     probe_next_addr(run);
 }
 
@@ -468,7 +481,9 @@ probe_same(const struct probe_target *a, const struct probe_target *b)
 
     return probe_streq(x->name, y->name) && probe_streq(x->host, y->host) && x->port == y->port &&
            x->tls == y->tls && probe_streq(x->verify_name, y->verify_name) &&
-           probe_streq(x->ca_file, y->ca_file) && probe_streq(a->helo, b->helo);
+           probe_streq(x->ca_file, y->ca_file) && probe_streq(a->helo, b->helo) &&
+           x->nfallback == y->nfallback &&
+           memcmp(x->fallback, y->fallback, sizeof(x->fallback[0]) * x->nfallback) == 0;
 }
 
 /* The targets of snap: one per upstream that a brand uses (every brand is

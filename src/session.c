@@ -22,6 +22,25 @@
  * that address (or the socket's, without a header) before any TLS work.
  * Upstream leg:  RESOLVE -> CONNECT -> [TLS] -> GREETING -> [EHLO ->
  *                STARTTLS -> TLS] -> READY; FAILED; ABORTED
+ *                READY -> (535 to AUTH) -> RESOLVE -> ... -> REHELLO -> READY
+ *
+ * Establishing the upstream leg tries every address of the name (families
+ * interleaved, addresses recently broken skipped unless all are), each
+ * with its own connect timeout, on the upstream's port and then on each
+ * fallback port in turn.  A failure before READY moves on to the next
+ * address, and after the last address to the next port, except a
+ * certificate that did not verify or a protocol violation (bytes after
+ * STARTTLS's 220, unsolicited data, a malformed reply): those end the leg
+ * at once, so nothing ever works around a failed verification.  Every
+ * port uses the same verify_name and CA, and TLS in any case.
+ *
+ * A 535 to AUTH (Mailgun closes the connection after one) replaces the
+ * upstream leg: the 535 is relayed, the old leg gets QUIT and is closed,
+ * and a new one is established at once.  Once it is ready relabel replays
+ * the client's last EHLO (or HELO) line on it (REHELLO) and swallows the
+ * reply, so the upstream sees the same dialogue as on the first leg and
+ * the client can send AUTH again on the same connection.  AUTH is never
+ * pipelined (parsing stops after it), so no other command is pending then.
  *
  * Brands: the listener's default brand names the greeting and the pre-TLS
  * dialogue; once the client's TLS is up, the brand its SNI chose (tls.c)
@@ -81,6 +100,7 @@
     X(EHLO)                                                                                        \
     X(STARTTLS)                                                                                    \
     X(TLS2)                                                                                        \
+    X(REHELLO)                                                                                     \
     X(READY)                                                                                       \
     X(FAILED)                                                                                      \
     X(ABORTED)
@@ -205,8 +225,16 @@ struct rl_session {
     size_t auth_name_len;
 
     struct rl_upstream_req *resolve;
-    struct rl_upstream_addrs addrs;
-    size_t next_addr;
+    struct rl_upstream_addrs addrs;    /* with the port being tried */
+    size_t try[RL_UPSTREAM_ADDRS_MAX]; /* indices into addrs, in order, for this port */
+    size_t ntry, next_try;
+    size_t cur_addr;          /* index into addrs of the attempt in progress */
+    size_t port_idx;          /* 0: the upstream's port, else fallback[port_idx - 1] */
+    uint16_t up_port;         /* the port being tried */
+    enum rl_tls_mode up_mode; /* and its TLS mode */
+    bool up_replay;           /* new leg after a 535: replay the client's EHLO first */
+    char ehlo_line[512];      /* the client's last EHLO/HELO line, without CRLF */
+    size_t ehlo_len;
 
     struct pending fifo[RL_PIPELINE_MAX];
     size_t fifo_head, fifo_len;
@@ -738,6 +766,46 @@ session_up_fail(struct rl_session *s, const char *reply, const char *what)
 
 /* ---- upstream establishment ----------------------------------------- */
 
+/* Starts on port i (0: the upstream's own, else fallback[i - 1]): its
+ * addresses in order, those recently broken left out unless all are. */
+static void
+session_up_port(struct rl_session *s, size_t i)
+{
+    const struct rl_upstream_conf *uc = s->uc;
+    unsigned skipped = 0;
+    char peer[RL_CIDR_PEER_MAX];
+
+    s->port_idx = i;
+    s->up_port = i == 0 ? uc->port : uc->fallback[i - 1].port;
+    s->up_mode = i == 0 ? uc->tls : uc->fallback[i - 1].tls;
+    rl_upstream_set_port(&s->addrs, s->up_port);
+    s->ntry = s->next_try = 0;
+    for (size_t k = 0; k < s->addrs.n; k++) {
+        if (!rl_upstream_is_broken(&s->addrs.a[k])) {
+            s->try[s->ntry++] = k;
+            continue;
+        }
+        skipped++;
+        rl_cidr_peer_text((const struct sockaddr *)&s->addrs.a[k], peer, sizeof(peer));
+        rl_log(RL_LOG_DEBUG, "%s upstream skipping broken address peer=%s", s->id, peer);
+    }
+    if (s->ntry == 0) {
+        /* Every address failed lately: try them all anyway. */
+        rl_log(RL_LOG_DEBUG, "%s upstream every address of port %u is marked broken, trying all",
+               s->id, s->up_port);
+        for (size_t k = 0; k < s->addrs.n; k++)
+            s->try[s->ntry++] = k;
+        skipped = 0;
+    }
+    rl_metrics_upstream_skipped(s->ctx->metrics, uc->name, skipped);
+}
+
+static bool
+session_up_has_next(const struct rl_session *s)
+{
+    return s->next_try < s->ntry || s->port_idx < s->uc->nfallback;
+}
+
 static void
 session_on_resolved(void *arg, int status, const struct rl_upstream_addrs *addrs)
 {
@@ -750,13 +818,16 @@ session_on_resolved(void *arg, int status, const struct rl_upstream_addrs *addrs
         session_up_fail(s, REPLY_UP_UNAVAILABLE, why);
         return;
     }
+    rl_log(RL_LOG_DEBUG, "%s upstream resolved%s host=%s addresses=%zu", s->id,
+           addrs->cached ? " (cached)" : "", s->uc->host, addrs->n);
     s->addrs = *addrs;
-    s->next_addr = 0;
+    session_up_port(s, 0);
     session_up_next_addr(s);
     session_flush(s);
 }
 
-/* Connects to the next address; when none is left the upstream failed. */
+/* Connects to the next address, or the first of the next fallback port;
+ * when none is left the upstream failed. */
 static void
 session_up_next_addr(struct rl_session *s)
 {
@@ -767,10 +838,18 @@ session_up_next_addr(struct rl_session *s)
         rl_conn_abort(s->up);
         s->up = NULL;
         s->up_out.c = NULL;
+        s->up_out.err = 0;
     }
-    if (s->next_addr >= s->addrs.n) {
-        session_up_fail(s, REPLY_UP_UNAVAILABLE, s->reason[0] ? s->reason : "no address left");
-        return;
+    if (s->next_try >= s->ntry) {
+        if (s->port_idx >= s->uc->nfallback) {
+            session_up_fail(s, REPLY_UP_UNAVAILABLE, s->reason[0] ? s->reason : "no address left");
+            return;
+        }
+        session_up_port(s, s->port_idx + 1);
+        rl_log(RL_LOG_INFO, "%s upstream fallback upstream=%s port=%u tls=%s after=\"%s\"", s->id,
+               s->uc->name, s->up_port, s->up_mode == RL_TLS_IMPLICIT ? "implicit" : "starttls",
+               s->reason);
+        rl_metrics_upstream_fallback(s->ctx->metrics, s->uc->name);
     }
     c = rl_conn_new(s->ctx->loop, session_on_event, s);
     if (c == NULL) {
@@ -782,11 +861,37 @@ session_up_next_addr(struct rl_session *s)
     s->up_out.c = c;
     session_enter_up(s, UP_CONNECT);
     rl_conn_set_timeout(c, s->snap->cfg->upstream_connect_timeout_ms);
-    rc = rl_conn_connect(c, (const struct sockaddr *)&s->addrs.a[s->next_addr++]);
+    s->cur_addr = s->try[s->next_try++];
+    rc = rl_conn_connect(c, (const struct sockaddr *)&s->addrs.a[s->cur_addr]);
     if (rc < 0) {
         snprintf(s->reason, sizeof(s->reason), "connect: %s", uv_strerror(rc));
         session_up_next_addr(s);
     }
+}
+
+/*
+ * One attempt failed before the leg was ready: the next address (or port)
+ * is tried if there is one, else the leg failed with reply.  An address
+ * that refused the connection or timed out is marked broken for later
+ * sessions.  Never for a certificate that did not verify (session_up_fail
+ * directly).
+ */
+static void
+session_up_attempt_failed(struct rl_session *s, const char *reply, const char *why)
+{
+    char peer[RL_CIDR_PEER_MAX];
+
+    if (s->up_state == UP_CONNECT && s->cur_addr < s->addrs.n)
+        rl_upstream_mark_broken(&s->addrs.a[s->cur_addr]);
+    if (!session_up_has_next(s)) {
+        session_up_fail(s, reply, why);
+        return;
+    }
+    rl_cidr_peer_text((const struct sockaddr *)&s->addrs.a[s->cur_addr], peer, sizeof(peer));
+    rl_log(RL_LOG_INFO, "%s upstream attempt failed peer=%s state=%s reason=\"%s\"", s->id, peer,
+           up_state_names[s->up_state], why);
+    snprintf(s->reason, sizeof(s->reason), "%s", why);
+    session_up_next_addr(s);
 }
 
 static void
@@ -803,8 +908,9 @@ session_up_start(struct rl_session *s)
         return;
     s->up_started = true;
     pthread_mutex_lock(&sh->lock);
-    busy = max != 0 && sh->nupstreams >= max;
-    if (!busy) {
+    /* A leg replacing one closed after a 535 keeps the place it had. */
+    busy = !s->up_counted && max != 0 && sh->nupstreams >= max;
+    if (!busy && !s->up_counted) {
         sh->nupstreams++;
         s->up_counted = true;
     }
@@ -858,6 +964,23 @@ session_up_ready(struct rl_session *s)
     snprintf(s->up_cipher, sizeof(s->up_cipher), "%s", rl_tls_cipher(t));
     s->up_resumed = rl_tls_resumed(t);
     rl_metrics_handshake(s->ctx->metrics, true, s->up_resumed);
+    if (s->up_replay) {
+        /* A leg replacing one closed after a failed AUTH: the upstream
+         * must hear the client's EHLO again before its next AUTH. */
+        char line[sizeof(s->ehlo_line) + 2];
+
+        s->up_replay = false;
+        if (s->ehlo_len > 0)
+            snprintf(line, sizeof(line), "%.*s\r\n", (int)s->ehlo_len, s->ehlo_line);
+        else
+            snprintf(line, sizeof(line), "EHLO %s\r\n",
+                     s->uc->helo_name ? s->uc->helo_name : session_host(s));
+        rl_log(RL_LOG_DEBUG, "%s upstream replaying the client's EHLO on the new leg", s->id);
+        session_enter_up(s, UP_REHELLO);
+        rl_conn_set_timeout(s->up, s->snap->cfg->upstream_timeout_ms);
+        session_up_send_line(s, line);
+        return;
+    }
     session_enter_up(s, UP_READY);
     rl_conn_set_timeout(s->up, 0);
     rl_log(RL_LOG_DEBUG, "%s upstream ready peer=%s tls=%s cipher=%s", s->id, rl_conn_peer(s->up),
@@ -883,10 +1006,10 @@ session_up_setup_reply(struct rl_session *s, const struct rl_smtp_reply *r, cons
     case UP_GREETING:
         if (r->code != 220) {
             snprintf(why, sizeof(why), "greeting %d %s", r->code, text);
-            session_up_fail(s, REPLY_UP_UNAVAILABLE, why);
+            session_up_attempt_failed(s, REPLY_UP_UNAVAILABLE, why);
             return;
         }
-        if (s->uc->tls == RL_TLS_IMPLICIT) {
+        if (s->up_mode == RL_TLS_IMPLICIT) {
             session_up_ready(s);
             return;
         }
@@ -901,12 +1024,13 @@ session_up_setup_reply(struct rl_session *s, const struct rl_smtp_reply *r, cons
 
         if (r->code != 250) {
             snprintf(why, sizeof(why), "EHLO refused: %d %s", r->code, text);
-            session_up_fail(s, REPLY_UP_UNAVAILABLE, why);
+            session_up_attempt_failed(s, REPLY_UP_UNAVAILABLE, why);
             return;
         }
         if (!(rl_smtp_ehlo_caps(p, r->len, &size) & RL_EHLO_STARTTLS)) {
-            /* Fail closed: never a plaintext upstream. */
-            session_up_fail(s, REPLY_UP_TLS, "STARTTLS not offered");
+            /* Fail closed: never a plaintext upstream (another address
+             * or port, with TLS all the same, may be tried). */
+            session_up_attempt_failed(s, REPLY_UP_TLS, "STARTTLS not offered");
             return;
         }
         session_enter_up(s, UP_STARTTLS);
@@ -916,7 +1040,7 @@ session_up_setup_reply(struct rl_session *s, const struct rl_smtp_reply *r, cons
     case UP_STARTTLS:
         if (r->code != 220) {
             snprintf(why, sizeof(why), "STARTTLS refused: %d %s", r->code, text);
-            session_up_fail(s, REPLY_UP_TLS, why);
+            session_up_attempt_failed(s, REPLY_UP_TLS, why);
             return;
         }
         if (rl_buf_len(rl_conn_in(s->up)) > 0) {
@@ -926,6 +1050,18 @@ session_up_setup_reply(struct rl_session *s, const struct rl_smtp_reply *r, cons
             return;
         }
         session_up_start_tls(s, UP_TLS2);
+        return;
+    case UP_REHELLO:
+        if (r->code / 100 != 2) {
+            snprintf(why, sizeof(why), "replayed EHLO refused: %d %s", r->code, text);
+            session_up_fail(s, REPLY_UP_UNAVAILABLE, why);
+            return;
+        }
+        session_enter_up(s, UP_READY);
+        rl_conn_set_timeout(s->up, 0);
+        rl_log(RL_LOG_DEBUG, "%s upstream ready again after a failed AUTH peer=%s", s->id,
+               rl_conn_peer(s->up));
+        session_client_process(s);
         return;
     default:
         snprintf(why, sizeof(why), "unexpected reply %d in state %s", r->code,
@@ -1016,12 +1152,37 @@ session_log_message(struct rl_session *s, const struct rl_smtp_reply *r, const c
            s->id, s->mail_from, s->rcpts, s->data.size, mid, r->code, text);
 }
 
+/*
+ * After a 535 to AUTH: the leg is replaced by a fresh one (see the top of
+ * this file), so that the client's next AUTH does not meet the closed
+ * connection Mailgun leaves behind.  The old leg gets a courtesy QUIT; its
+ * events are ignored from now on (it is no longer s->up).
+ */
+static void
+session_up_recycle(struct rl_session *s)
+{
+    rl_log(RL_LOG_INFO, "%s upstream leg replaced after a failed AUTH", s->id);
+    if (s->up != NULL) {
+        batch_send(&s->up_out, "QUIT\r\n", 6);
+        batch_flush(&s->up_out);
+        rl_conn_close(s->up);
+        s->up = NULL;
+        s->up_out.c = NULL;
+        s->up_out.err = 0;
+    }
+    s->up_started = false;
+    s->up_replay = true;
+    session_enter_up(s, UP_IDLE);
+    session_up_start(s);
+}
+
 /* An upstream reply answers the command at the head of the FIFO. */
 static void
 session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char *p)
 {
     struct pending *head = fifo_head(s);
     struct pending e;
+    bool recycle = false;
 
     if (head == NULL || head->kind == P_LOCAL) {
         /* Nothing asked: a reply we cannot pair would shift every later
@@ -1065,6 +1226,10 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
             else
                 rl_log(RL_LOG_INFO, "%s client authentication failed code=%d", s->id, r->code);
             session_relay_reply(s, r, p);
+            /* Mailgun closes the connection after a 535: the client may
+             * try again on a fresh leg.  Nothing else is pending (parsing
+             * stops after AUTH and its continuations). */
+            recycle = r->code == 535 && s->fifo_len == 0 && !s->in_tx;
         }
     } else {
         switch (e.verb) {
@@ -1128,15 +1293,20 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
         return;
     }
     session_fifo_locals(s);
+    if (recycle && !s->closing)
+        session_up_recycle(s);
 }
 
 /* Parses every complete reply in the upstream's input. */
 static void
 session_up_data(struct rl_session *s)
 {
-    struct rl_buf *in = rl_conn_in(s->up);
+    struct rl_conn *c = s->up;
+    struct rl_buf *in = rl_conn_in(c);
 
-    while (!s->closing && s->up != NULL && rl_buf_len(in) > 0) {
+    /* s->up changes when an attempt fails and the next one starts, or
+     * when a 535 replaces the leg: the bytes left belong to the old one. */
+    while (!s->closing && s->up == c && rl_buf_len(in) > 0) {
         struct rl_smtp_reply r;
         const char *p = rl_buf_data(in);
         int rc = rl_smtp_reply_parse(p, rl_buf_len(in), RL_SMTP_REPLY_MAX, &r);
@@ -1156,12 +1326,12 @@ session_up_data(struct rl_session *s)
         }
         session_up_setup_reply(s, &r, p);
         if (s->up_state != UP_GREETING && s->up_state != UP_EHLO && s->up_state != UP_STARTTLS &&
-            s->up_state != UP_READY)
+            s->up_state != UP_REHELLO && s->up_state != UP_READY)
             break;
     }
     if (s->closing)
         return;
-    if (s->up != NULL)
+    if (s->up != NULL && s->up == c)
         rl_conn_consumed(s->up);
     session_set_timeouts(s, false);
     if (s->up_state == UP_READY)
@@ -1534,6 +1704,7 @@ session_client_starttls(struct rl_session *s)
     }
     session_reply(s, "220 2.0.0 Ready to start TLS\r\n");
     batch_flush(&s->cl_out);
+    s->ehlo_len = 0; /* RFC 3207 §4.2: forgotten */
     session_enter_cl(s, CL_STARTTLS);
     rc = rl_conn_start_tls(s->cl, rl_snapshot_listener_tls(s->snap, s->lc), NULL);
     if (rc < 0) {
@@ -1647,6 +1818,12 @@ session_relay_command(struct rl_session *s, const struct rl_smtp_cmd *cmd)
         /* Shutting down: no new transaction. */
         session_local(s, REPLY_SHUTDOWN, "shutdown");
         return false;
+    }
+    if (cmd->verb == RL_SMTP_EHLO || cmd->verb == RL_SMTP_HELO) {
+        /* Replayed on a leg that replaces one closed after a 535; too
+         * long to keep, relabel's own EHLO is used instead. */
+        s->ehlo_len = cmd->line_len < sizeof(s->ehlo_line) ? cmd->line_len : 0;
+        memcpy(s->ehlo_line, cmd->line, s->ehlo_len);
     }
     if (cmd->verb == RL_SMTP_AUTH || cmd->verb == RL_SMTP_MAIL)
         s->relayed_state = true;
@@ -1959,6 +2136,7 @@ session_up_reset(struct rl_session *s)
     }
     session_up_release(s);
     s->up_started = false;
+    s->up_replay = false;
     s->fail_reply = NULL;
     s->up_peer[0] = s->up_tls[0] = s->up_cipher[0] = '\0';
     s->up_resumed = false;
@@ -2103,7 +2281,8 @@ session_upstream_event(struct rl_session *s, enum rl_conn_event ev)
     case RL_CONN_CONNECTED:
         snprintf(s->up_peer, sizeof(s->up_peer), "%s", rl_conn_peer(s->up));
         rl_log(RL_LOG_DEBUG, "%s upstream connected peer=%s", s->id, s->up_peer);
-        if (s->uc->tls == RL_TLS_IMPLICIT) {
+        rl_upstream_mark_ok(&s->addrs.a[s->cur_addr]);
+        if (s->up_mode == RL_TLS_IMPLICIT) {
             session_up_start_tls(s, UP_TLS);
         } else {
             session_enter_up(s, UP_GREETING);
@@ -2129,30 +2308,43 @@ session_upstream_event(struct rl_session *s, enum rl_conn_event ev)
     case RL_CONN_EOF:
     case RL_CONN_ERROR:
         if (s->up_state == UP_CONNECT) {
-            snprintf(s->reason, sizeof(s->reason), "connect to %s: %s", rl_conn_peer(s->up),
+            snprintf(why, sizeof(why), "connect to %s: %s", rl_conn_peer(s->up),
                      rl_conn_strerror(s->up, msg, sizeof(msg)));
-            session_up_next_addr(s);
+            session_up_attempt_failed(s, REPLY_UP_UNAVAILABLE, why);
             break;
         }
         if (s->up_state == UP_TLS || s->up_state == UP_TLS2) {
+            const char *failure = rl_conn_tls_failure(s->up);
+
             snprintf(why, sizeof(why), "TLS with %s failed: %s", rl_conn_peer(s->up),
                      ev == RL_CONN_EOF ? "connection closed"
                                        : rl_conn_strerror(s->up, msg, sizeof(msg)));
-            session_up_fail(s, REPLY_UP_TLS, why);
+            /* A certificate that does not verify is never worked around:
+             * no other address, no other port. */
+            if (failure != NULL && strcmp(failure, "verify") == 0)
+                session_up_fail(s, REPLY_UP_TLS, why);
+            else
+                session_up_attempt_failed(s, REPLY_UP_TLS, why);
             break;
         }
         snprintf(why, sizeof(why), "connection lost in %s: %s", up_state_names[s->up_state],
                  ev == RL_CONN_EOF ? "closed by peer" : rl_conn_strerror(s->up, msg, sizeof(msg)));
-        session_up_fail(s, s->up_state == UP_READY ? REPLY_UP_LOST : REPLY_UP_UNAVAILABLE, why);
+        if (s->up_state == UP_READY)
+            session_up_fail(s, REPLY_UP_LOST, why);
+        else
+            session_up_attempt_failed(s, REPLY_UP_UNAVAILABLE, why);
         break;
     case RL_CONN_TIMEOUT:
         if (s->up_state == UP_CONNECT) {
-            snprintf(s->reason, sizeof(s->reason), "connect to %s: timeout", rl_conn_peer(s->up));
-            session_up_next_addr(s);
+            snprintf(why, sizeof(why), "connect to %s: timeout", rl_conn_peer(s->up));
+            session_up_attempt_failed(s, REPLY_UP_UNAVAILABLE, why);
             break;
         }
         snprintf(why, sizeof(why), "timeout in %s", up_state_names[s->up_state]);
-        session_up_fail(s, s->up_state == UP_READY ? REPLY_UP_LOST : REPLY_UP_UNAVAILABLE, why);
+        if (s->up_state == UP_READY)
+            session_up_fail(s, REPLY_UP_LOST, why);
+        else
+            session_up_attempt_failed(s, REPLY_UP_UNAVAILABLE, why);
         break;
     default:
         break;

@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 
 #include "relabel/cidr.h"
+#include "relabel/limits.h"
 #include "relabel/sni.h"
 
 struct rl_users;
@@ -30,6 +31,12 @@ struct rl_addr {
     struct sockaddr_storage ss;
     socklen_t len;
     char text[64]; /* "127.0.0.1:465", "[::1]:465" */
+};
+
+/* A port to try with its own TLS mode (never plaintext). */
+struct rl_upstream_port {
+    uint16_t port;
+    enum rl_tls_mode tls;
 };
 
 struct rl_upstream_conf {
@@ -45,6 +52,11 @@ struct rl_upstream_conf {
     uint64_t max_message_size; /* 0: the upstream's own SIZE */
     char **hide;               /* provider names never shown to clients */
     size_t nhide;
+    /* Tried in this order, each on every address, when every address
+     * failed to connect or to start TLS on the port before (never after a
+     * certificate that did not verify); same verify_name and CA. */
+    struct rl_upstream_port fallback[RL_UPSTREAM_FALLBACK_MAX];
+    size_t nfallback;
 };
 
 /* A name a brand answers to besides its hostname, with its config line. */

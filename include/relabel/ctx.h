@@ -9,6 +9,8 @@
  * max_upstream_connections, max_connection_rate) and the counters (which
  * have their own lock).  The main thread's context has no sessions: it
  * runs signals, reloads, the metrics endpoint and the upstream checks.
+ * upstream.c keeps the other process-wide state, the resolution cache and
+ * the broken upstream addresses, under its own lock (see upstream.h).
  */
 #ifndef RELABEL_CTX_H
 #define RELABEL_CTX_H

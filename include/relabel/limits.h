@@ -86,6 +86,16 @@
 #define RL_READY_MAX_AGE_FACTOR 3
 #define RL_CHECK_STEP_MAX 30000
 
+/* Upstream resolution and connections (upstream.h): how long a resolved
+ * name is reused, how many names are kept, how long an address that
+ * refused or timed out is skipped, how many such addresses are kept, and
+ * how many fallback ports an upstream may list. */
+#define RL_RESOLVE_CACHE_MS 60000
+#define RL_RESOLVE_CACHE_ENTRIES 32
+#define RL_BROKEN_ADDR_MS 30000
+#define RL_BROKEN_ADDR_MAX 64
+#define RL_UPSTREAM_FALLBACK_MAX 4
+
 /* The metrics endpoint (HTTP/1.x): clients served at once (more are closed
  * at accept), the largest request head, and how long a client may take to
  * send its request and then to read the answer. */

@@ -99,6 +99,10 @@ void rl_metrics_upstream_tls_failure(struct rl_metrics *m, const char *upstream,
 
 /* A session could not connect to `upstream` (resolution or every address). */
 void rl_metrics_upstream_connect_failure(struct rl_metrics *m, const char *upstream);
+/* A session moved on to the upstream's next fallback port. */
+void rl_metrics_upstream_fallback(struct rl_metrics *m, const char *upstream);
+/* A session skipped n of the upstream's addresses as recently broken. */
+void rl_metrics_upstream_skipped(struct rl_metrics *m, const char *upstream, unsigned n);
 
 /* A reload finished; `when` is the wall clock (rl_metrics_now()).  The
  * start-up load counts as the first successful one (not in the total). */

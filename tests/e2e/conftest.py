@@ -11,8 +11,10 @@ Environment:
 Fixtures (see harness.py for the classes):
     certs              session: directory made by certs/gen-test-certs.sh
     client_ctx         session: ssl.SSLContext trusting only the test CA, checking names
-    upstream_factory   make(tls="implicit"|"starttls", cert="upstream", data_delay=0, port=None)
-                       -> a started AioUpstream (aiosmtpd, Mailgun look-alike)
+    upstream_factory   make(tls="implicit"|"starttls", cert="upstream", data_delay=0, port=None,
+                       close_after_535=True)
+                       -> a started AioUpstream (aiosmtpd, Mailgun look-alike; like Mailgun
+                       it closes the connection after a failed AUTH)
     scripted_factory   make(**knobs) -> a started ScriptedUpstream (faults)
     relabel_factory    make(upstream_port, upstream_tls, relabel_opts=..., listener_opts=...,
                        brand_opts=..., upstream_opts=..., metrics_opts=None, brands=None,
@@ -66,8 +68,9 @@ def free_ports():
 def upstream_factory(certs):
     made = []
 
-    def make(tls="implicit", cert="upstream", data_delay=0.0, port=None):
-        up = h.AioUpstream(certs, tls=tls, cert=cert, data_delay=data_delay, port=port)
+    def make(tls="implicit", cert="upstream", data_delay=0.0, port=None, close_after_535=True):
+        up = h.AioUpstream(certs, tls=tls, cert=cert, data_delay=data_delay, port=port,
+                           close_after_535=close_after_535)
         made.append(up)
         return up.start()
 

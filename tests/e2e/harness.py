@@ -175,6 +175,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.conns = []
         self.messages = []
+        self.auth_closes = 0  # connections closed after a 535 (Mailgun does that)
 
     def new_conn(self, peer):
         c = UpConn(peer)
@@ -263,12 +264,25 @@ class _RecordingSMTP(SMTP):
             self._upconn.closed = True
         super().connection_lost(error)
 
+    async def push(self, status):
+        self._last_status = status
+        await super().push(status)
+
+    async def smtp_AUTH(self, arg):
+        self._last_status = ""
+        await super().smtp_AUTH(arg)
+        if self.event_handler.close_after_535 and self._last_status.startswith("535"):
+            # Mailgun closes the connection after a failed AUTH.
+            self.event_handler.recorder.auth_closes += 1
+            self.transport.close()
+
 
 class UpstreamHandler:
-    def __init__(self, recorder, implicit_tls, data_delay=0.0):
+    def __init__(self, recorder, implicit_tls, data_delay=0.0, close_after_535=True):
         self.recorder = recorder
         self.implicit_tls = implicit_tls
         self.data_delay = data_delay
+        self.close_after_535 = close_after_535
         self.counter = 0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -316,9 +330,11 @@ class _UpController(Controller):
 
 class AioUpstream:
     """A Mailgun look-alike on 127.0.0.1: tls = "implicit" or "starttls".
-    port: a port to reuse (e.g. to restart an upstream with another certificate)."""
+    port: a port to reuse (e.g. to restart an upstream with another certificate).
+    close_after_535: like Mailgun, close the connection after a failed AUTH."""
 
-    def __init__(self, certs, tls="implicit", cert="upstream", data_delay=0.0, port=None):
+    def __init__(self, certs, tls="implicit", cert="upstream", data_delay=0.0, port=None,
+                 close_after_535=True):
         assert tls in ("implicit", "starttls")
         self.certs = certs
         self.tls = tls
@@ -326,7 +342,7 @@ class AioUpstream:
         self.port = port or free_port()
         self.recorder = Recorder()
         implicit = tls == "implicit"
-        handler = UpstreamHandler(self.recorder, implicit, data_delay)
+        handler = UpstreamHandler(self.recorder, implicit, data_delay, close_after_535)
         kwargs = dict(hostname=LOCALHOST, port=self.port,
                       server_hostname=UPSTREAM_HOSTNAME, ident=UPSTREAM_IDENT,
                       data_size_limit=UPSTREAM_SIZE, authenticator=_authenticator,

@@ -65,7 +65,7 @@ def test_aiosmtpd_upstream_smtplib(upstream_factory, certs, tls):
 
 
 def test_aiosmtpd_upstream_raw_starttls_auth(upstream_factory, certs):
-    up = upstream_factory("starttls")
+    up = upstream_factory("starttls", close_after_535=False)
     c = h.Client(up.port, up_ctx(certs), server_hostname=h.UPSTREAM_VERIFY_NAME)
     try:
         assert c.greeting.raw == f"220 {h.UPSTREAM_HOSTNAME} {h.UPSTREAM_IDENT}\r\n".encode()
@@ -91,6 +91,18 @@ def test_aiosmtpd_upstream_raw_starttls_auth(upstream_factory, certs):
     cmds = up.recorder.commands
     assert [x.verb for x in cmds if not x.tls] == ["EHLO", "MAIL", "STARTTLS"]
     assert c.provider_leaks()  # the fake really does say Mailgun
+
+
+def test_aiosmtpd_upstream_closes_after_535_like_mailgun(upstream_factory, certs):
+    up = upstream_factory("implicit")
+    c = h.Client(up.port, up_ctx(certs), tls="implicit", server_hostname=h.UPSTREAM_VERIFY_NAME)
+    try:
+        assert c.ehlo().code == 250
+        assert c.cmd("AUTH PLAIN " + h.plain_token(h.USER, "wrong")).code == 535
+        assert c.closed()
+    finally:
+        c.close()
+    assert up.recorder.auth_closes == 1
 
 
 @pytest.mark.parametrize("cert", ["wrongname", "expired", "unknownca"])

@@ -654,6 +654,47 @@ rl_upstream_resolve(uv_loop_t *loop, const struct rl_upstream_conf *u, rl_upstre
     return req;
 }
 
+/* Ports and broken addresses: the port is set for real (the session
+ * connects to what it gets); no address is ever broken here, so the
+ * session's walk over addresses and fallback ports is what the fuzzer's
+ * connect failures make it. */
+void
+rl_upstream_set_port(struct rl_upstream_addrs *a, uint16_t port)
+{
+    for (size_t i = 0; i < a->n; i++)
+        ((struct sockaddr_in *)&a->a[i])->sin_port = htons(port);
+}
+
+void
+rl_upstream_interleave(struct rl_upstream_addrs *a)
+{
+    (void)a;
+}
+
+void
+rl_upstream_mark_broken(const struct sockaddr_storage *sa)
+{
+    (void)sa;
+}
+
+void
+rl_upstream_mark_ok(const struct sockaddr_storage *sa)
+{
+    (void)sa;
+}
+
+bool
+rl_upstream_is_broken(const struct sockaddr_storage *sa)
+{
+    (void)sa;
+    return false;
+}
+
+void
+rl_upstream_reset(void)
+{
+}
+
 void
 rl_upstream_cancel(struct rl_upstream_req *req)
 {
