@@ -1206,6 +1206,9 @@ session_up_reply(struct rl_session *s, const struct rl_smtp_reply *r, const char
         session_relay_reply(s, r, p);
     } else if (e.kind == P_AUTH_UP) {
         session_lauth_upstream_reply(s, r, p);
+        /* Mailgun closes after a 535 to the provider credential too: a
+         * fresh leg, so the client's next try is not met by a dead one. */
+        recycle = r->code == 535 && s->fifo_len == 0 && !s->in_tx;
     } else if (e.kind == P_AUTH_CONT || e.verb == RL_SMTP_AUTH) {
         if (r->code == 334) {
             s->cl_state = CL_AUTH;
