@@ -404,6 +404,8 @@ max_connections = {max_sessions + 100}
 max_connections_per_ip = {max_sessions + 100}
 max_junk_commands = 1000000
 handshake_timeout = 60s
+# every session comes from 127.0.0.1: no limit on new connections per minute
+max_connection_rate = 0
 [listener "smtps"]
 listen = 127.0.0.1:{self.ports['implicit']}
 tls = implicit
