@@ -17,6 +17,12 @@
  * for ECDSA P-256 sign and verify (bare, and through the pk layer as TLS
  * calls them), ECDH (key pair + shared secret) on x25519 and P-256, and
  * RSA-2048 sign and verify (for RSA certificates).
+ *
+ * Memory: an established session holds two mbedtls_ssl_context, each with
+ * an input and an output record buffer of fixed size in this build (no
+ * MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH).  Prints "mem SSL-RECORD-BUFFERS
+ * bytes": the four buffers of one relayed session, the floor for an idle
+ * session's memory.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +37,9 @@
 #include <mbedtls/gcm.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/rsa.h>
+/* The record buffer sizes (MBEDTLS_SSL_IN/OUT_BUFFER_LEN) are defined only
+ * in this header of 2.28's. */
+#include <mbedtls/ssl_internal.h>
 
 #define CHUNK 16384 /* one TLS record */
 
@@ -255,6 +264,8 @@ main(int argc, char **argv)
     bench_ecdh("ECDH-x25519", MBEDTLS_ECP_DP_CURVE25519);
     bench_ecdh("ECDH-P256", MBEDTLS_ECP_DP_SECP256R1);
     bench_rsa();
+    printf("mem SSL-RECORD-BUFFERS %d\n",
+           2 * ((int)MBEDTLS_SSL_IN_BUFFER_LEN + (int)MBEDTLS_SSL_OUT_BUFFER_LEN));
     fflush(stdout);
     mbedtls_ctr_drbg_free(&drbg);
     mbedtls_entropy_free(&entropy);

@@ -4,7 +4,7 @@ relabel against the front ends a user would pick instead (HAProxy, a
 chained stunnel, Postfix as a relay) and against the crypto floor, in one
 run on this machine, on loopback only.
 
-    sudo /usr/bin/python3 bench/run.py            # full run (~10 min)
+    sudo /usr/bin/python3 bench/run.py            # full run (~15 min)
     sudo /usr/bin/python3 bench/run.py --quick    # small sizes (~2 min)
 
 It installs what is missing from Debian (haproxy, stunnel4, postfix, the
@@ -15,7 +15,10 @@ upstream, bench/sink (OpenSSL, certificate for smtp.mailgun.org), with
 bench/loadgen (OpenSSL) as the clients:
 
   sessions  N complete sessions (TLS, EHLO, AUTH, ~1 KB message, QUIT),
-            P in parallel, on the implicit-TLS and on the STARTTLS port
+            P in parallel, on the implicit-TLS and on the STARTTLS port;
+            relabel also with one event loop, and with upstream resumption
+            (a second sink that allows it), with the share of resumed
+            upstream legs
   bulk      large messages, implicit TLS and STARTTLS
   idle      memory (PSS) per established idle session
   latency   round-trip time of NOOP through the front end vs. direct
@@ -294,18 +297,23 @@ class Procs:
 
 
 class Sink:
+    """bench/sink.  By default it refuses TLS session resumption, so every
+    upstream leg is a full handshake for every front end; with resume=True
+    it issues TLS 1.2 session tickets and keeps a session-ID cache, as a
+    real provider does (OpenSSL's defaults)."""
     FMT = "<6Q64s"
 
-    def __init__(self, procs, certs):
-        self.tmp = procs.tmp
+    def __init__(self, procs, certs, resume=False):
+        self.tmp, self.resume = procs.tmp, resume
+        name = "sink-resume" if resume else "sink"
         self.ports = {"implicit": free_port(), "starttls": free_port()}
-        self.stats_path = os.path.join(self.tmp, "sink.stats")
-        self.proc = procs.start("sink", [os.path.join(BUILD, "bench", "sink"),
-                                         "-c", f"{certs}/upstream.crt",
-                                         "-k", f"{certs}/upstream.key",
-                                         "-i", str(self.ports["implicit"]),
-                                         "-s", str(self.ports["starttls"]),
-                                         "-m", self.stats_path])
+        self.stats_path = os.path.join(self.tmp, f"{name}.stats")
+        self.proc = procs.start(name, [os.path.join(BUILD, "bench", "sink"),
+                                       "-c", f"{certs}/upstream.crt",
+                                       "-k", f"{certs}/upstream.key",
+                                       "-i", str(self.ports["implicit"]),
+                                       "-s", str(self.ports["starttls"]),
+                                       "-m", self.stats_path] + (["-r"] if resume else []))
         wait_port(self.ports["implicit"], self.proc)
 
     def stats(self):
@@ -358,14 +366,46 @@ class Relabel(FrontEnd):
     name = "relabel"
     wrapper = []  # e.g. valgrind for the profile
 
+    def __init__(self, procs, certs, sink, workers="auto", label="relabel"):
+        super().__init__(procs, certs, sink)
+        self.workers, self.label = workers, label
+        self.log_path = os.path.join(self.tmp, f"{label}.log")
+        self.log_mark = 0
+
+    def mark(self):
+        """Remembers where relabel's log ends: resumed() counts from here."""
+        try:
+            self.log_mark = os.path.getsize(self.log_path)
+        except OSError:
+            self.log_mark = 0
+
+    def resumed(self):
+        """(upstream legs resumed, upstream legs full) in the session end
+        lines logged since mark() (up_resumed= of a session with an
+        upstream TLS leg)."""
+        yes = no = 0
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_mark)
+            for line in f:
+                if b" session end " not in line or b" up_tls=none " in line:
+                    continue
+                if b" up_resumed=yes " in line:
+                    yes += 1
+                elif b" up_resumed=no " in line:
+                    no += 1
+        return yes, no
+
     def start(self, max_sessions):
         c = self.certs
-        cfg = self.write("relabel.ini", f"""[relabel]
+        cfg = self.write(f"{self.label}.ini", f"""[relabel]
 log_level = info
+workers = {self.workers}
 max_connections = {max_sessions + 100}
 max_connections_per_ip = {max_sessions + 100}
 max_junk_commands = 1000000
 handshake_timeout = 60s
+# every session comes from 127.0.0.1: no limit on new connections per minute
+max_connection_rate = 0
 [listener "smtps"]
 listen = 127.0.0.1:{self.ports['implicit']}
 tls = implicit
@@ -384,8 +424,8 @@ tls = implicit
 verify_name = smtp.mailgun.org
 ca_file = {c}/ca.crt
 """)
-        self.proc = self.procs.start("relabel", self.wrapper + [os.path.join(BUILD, "relabel"),
-                                                                "-c", cfg])
+        self.proc = self.procs.start(self.label, self.wrapper + [os.path.join(BUILD, "relabel"),
+                                                                 "-c", cfg])
         for p in self.ports.values():
             wait_port(p, self.proc)
 
@@ -617,6 +657,8 @@ def wait_delivered(sink, want, timeout):
 def run_load(fe, sink, certs, mode, tls, extra, expect_msgs, timeout=900):
     """One measured loadgen run through fe.  Returns a dict of figures."""
     argv = loadgen(certs, mode, fe.ports[tls], tls, extra)
+    if hasattr(fe, "mark"):
+        fe.mark()
     s0 = sink.stats()
     cpu0, sys0, scpu0, t0 = fe.cpu(), fe.sys_cpu(), sink.cpu(), time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -630,7 +672,10 @@ def run_load(fe, sink, certs, mode, tls, extra, expect_msgs, timeout=900):
     if fe.queues:
         time.sleep(0.5)  # the last delivery agent's bookkeeping
     cpu1, sys1, scpu1, s1 = fe.cpu(), fe.sys_cpu(), sink.cpu(), sink.stats()
-    return {"fe_cpu": cpu1 - cpu0, "fe_sys": sys1 - sys0, "wall": t1 - t0, "client_cpu": float(res["cpu"]),
+    up_res = fe.resumed() if hasattr(fe, "resumed") else (None, None)
+    return {"up_resumed_log": up_res[0], "up_full_log": up_res[1],
+            "up_resumed_sink": s1["resumed"] - s0["resumed"],
+            "fe_cpu": cpu1 - cpu0, "fe_sys": sys1 - sys0, "wall": t1 - t0, "client_cpu": float(res["cpu"]),
             "sink_cpu": scpu1 - scpu0, "ok": int(res["ok"]), "failed": int(res["failed"]),
             "delivered": s1["messages"] - s0["messages"], "complete": delivered,
             "up_handshakes": s1["handshakes"] - s0["handshakes"],
@@ -656,7 +701,7 @@ def run_profile(procs, certs, sink, cfg):
     markdown section with the functions that cost the most, inclusive and
     exclusive."""
     out = os.path.join(procs.tmp, "callgrind.out")
-    fe = Relabel(procs, certs, sink)
+    fe = Relabel(procs, certs, sink, workers=1, label="relabel-callgrind")
     fe.wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     fe.start(1000)
     small = dict(cfg, n_sess=min(cfg["n_sess"], 50), parallel=2,
@@ -825,6 +870,9 @@ def main():
                     "under valgrind --tool=callgrind for a few sessions and one bulk session, "
                     "and reports where its instructions go")
     ap.add_argument("--no-install", action="store_true", help="never call apt-get")
+    ap.add_argument("--no-variants", action="store_true",
+                    help="skip relabel's variants in the sessions runs (workers = 1; "
+                    "workers = auto with upstream resumption)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"),
                     help="markdown report ('-' for none)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -860,6 +908,7 @@ def main():
     os.chmod(tmp, 0o755)  # Postfix's unprivileged daemons read its files
     procs = Procs(tmp)
     fes = {}
+    variants = {}  # relabel run other ways (sessions only), by label
     results = {}  # (measurement, peer) -> list of run dicts
     profile = None
     notes = []
@@ -877,6 +926,23 @@ def main():
         os.chmod(certs, 0o755)
         floor = crypto_floor(floor_s) if "floor" in only else None
         sink = Sink(procs, certs)
+        # relabel once more per variant, sessions only: one event loop
+        # instead of one per CPU, and upstream resumption (a second sink
+        # that allows it).  The peers and "relabel" itself face the sink
+        # that refuses resumption.
+        if "sessions" in only and not args.no_variants:
+            sink_r = Sink(procs, certs, resume=True)
+            for label, workers, vsink in (("relabel-w1", 1, sink),
+                                          ("relabel-resume", "auto", sink_r)):
+                fe = Relabel(procs, certs, vsink, workers=workers, label=label)
+                try:
+                    fe.start(1000)
+                    variants[label] = fe
+                    log(f"{label}: {fe.ports}")
+                except Exception as e:
+                    notes.append(f"{label} could not be started: {e}")
+                    log(f"{label} could not be started: {e}")
+                    fe.stop()
         for p in peers:
             fe = CLASSES[p](procs, certs, sink)
             try:
@@ -887,21 +953,23 @@ def main():
                 notes.append(f"{p} could not be started: {e}")
                 log(f"{p} could not be started: {e}")
                 fe.stop()
+        runners = dict(fes, **variants)
         for rep in range(args.repeats):
-            order = list(fes)[rep % len(fes):] + list(fes)[:rep % len(fes)]
+            order = list(runners)[rep % len(runners):] + list(runners)[:rep % len(runners)]
             for tls in ("implicit", "starttls"):
                 for p in order:
-                    fe = fes[p]
+                    fe = runners[p]
                     if tls not in fe.modes:
                         continue
                     for kind in ("sessions", "bulk"):
-                        if kind in only:
-                            r = run_kind(kind, fe, sink, certs, tls, cfg)
+                        if kind in only and (p in fes or kind == "sessions"):
+                            r = run_kind(kind, fe, fe.sink, certs, tls, cfg)
                             results.setdefault((f"{kind}-{tls}", p), []).append(r)
                             log(f"rep {rep + 1} {kind:8} {tls:8} {p:8} FE {r['fe_cpu']:.2f} s "
                                 f"client {r['client_cpu']:.2f} s sink {r['sink_cpu']:.2f} s "
                                 f"wall {r['wall']:.2f} s ok {r['ok']} delivered "
-                                f"{r['delivered']} up-hs {r['up_handshakes']} ciphers "
+                                f"{r['delivered']} up-hs {r['up_handshakes']} "
+                                f"resumed {r['up_resumed_sink']} ciphers "
                                 f"{r['client_cipher']} / {r['up_cipher']}")
         if "latency" in only:
             for rep in range(args.repeats):
@@ -948,7 +1016,7 @@ def main():
         log("interrupted")
         raise
     finally:
-        for fe in fes.values():
+        for fe in list(fes.values()) + list(variants.values()):
             fe.stop()
         procs.stop_all()
         if not args.keep:
@@ -978,7 +1046,10 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
       "not wall times")
     w("- versions: " + "; ".join(CLASSES[p].version() for p in peers))
     w(f"- client and upstream: bench/loadgen and bench/sink (OpenSSL {dpkg_version('libssl3')}), "
-      "TLS 1.2 on every leg, no session resumption anywhere")
+      "TLS 1.2 on every leg; the client never resumes a session, and the sink refuses "
+      "resumption except where a row says \"upstream resumption\"")
+    w(f"- relabel: `workers = auto` ({os.cpu_count()} event loops here) unless a row says "
+      "otherwise")
     w(f"- command: `{cmdline}`")
     w(f"- sizes: {cfg['n_sess']} sessions × {cfg['args'].repeats} repeats, "
       f"{cfg['args'].parallel} in parallel, ~1 KB message; bulk {cfg['bulk_n']} × "
@@ -1021,6 +1092,7 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
         return med([r[i] - dr[i] for r, dr in zip(runs, d)])
 
     rl, gb = {}, {}  # relabel / floor, per session and per GB
+    floors = {}  # CPU-s per 1000 sessions: full handshakes, client's only
     w("## Figures\n")
     w("| figure | " + " | ".join(peers) + " |")
     w("|---|" + "---|" * len(peers))
@@ -1049,6 +1121,8 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
         w("| primitive | speed |")
         w("|---|---|")
         for k, v in floor.items():
+            if k.startswith("SSL-"):
+                continue  # memory: in the idle section
             unit = "MiB/s" if k in ("CHACHA20-POLY1305", "AES-128-GCM", "AES-256-GCM") else "ops/s"
             w(f"| {k} | {v:.0f} {unit} |")
         w("")
@@ -1077,6 +1151,16 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
             w("relabel / handshake floor: " + ", ".join(f"{k} {v:.2f}×" for k, v in rl.items())
               + "; relabel / pk-layer floor: "
               + ", ".join(f"{k} {v:.2f}×" for k, v in pk.items()) + ".")
+        # With the upstream leg resumed, only the client's handshake is
+        # full: one ECDHE and one signature.
+        hs_res = 1 / floor["ECDSA-P256-sign"] + 1 / floor["ECDH-x25519"]
+        hs_res_pk = 1 / floor["ECDSA-P256-sign-pk"] + 1 / floor["ECDH-x25519"]
+        floors = {"full": hs * 1000, "full_pk": hs_pk * 1000, "server": hs_res * 1000,
+                  "server_pk": hs_res_pk * 1000}
+        w(f"\nWith the upstream leg resumed (the client still never resumes), only the "
+          f"client's handshake is full: one ECDHE and one signature, **{hs_res * 1000:.2f} "
+          f"CPU-s per 1000 sessions** ({hs_res_pk * 1000:.2f} through the pk layer); the "
+          "issue's target is to go below the full handshake floor above.")
         for tls in ("implicit", "starttls"):
             runs = results.get((f"bulk-{tls}", "relabel"))
             if not runs:
@@ -1091,6 +1175,47 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
                 gb[tls] = cpu_per_gb(runs) / per_gb
         w("")
 
+    variants = [("relabel", "auto", "refused")] + [
+        (label, fe.workers, "allowed" if fe.sink.resume else "refused")
+        for label, fe in cfg["variants"].items()]
+    res_share = {}  # tls -> (CPU-s per 1000, share of upstream legs resumed), with resumption
+    if any(results.get((f"sessions-{t}", v[0])) for t in ("implicit", "starttls")
+           for v in variants[1:]):
+        w("## relabel: one event loop or one per CPU, upstream resumption or not\n")
+        w("The same sessions as above (sessions runs, interleaved with the peers'), through "
+          "relabel configured three ways. Resumed upstream legs are counted twice: from "
+          "relabel's session end lines (`up_resumed=`) and by the sink (OpenSSL's "
+          "SSL_session_reused). The client never resumes, so the client-facing handshake "
+          "is always a full one.\n")
+        w("The last but one column compares with the floor of the handshakes each run did: "
+          "a full one on both legs for every session, except the share of upstream legs "
+          "that resumed, where only the client's counts.\n")
+        w("| relabel | workers | sink resumption | port | CPU-s per 1000 | × full handshake "
+          "floor | × floor of its handshakes | sessions/s (wall) | upstream legs resumed (log) "
+          "| resumed (sink) |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for label, workers, sres in variants:
+            for tls in ("implicit", "starttls"):
+                runs = results.get((f"sessions-{tls}", label))
+                if not runs:
+                    continue
+                c1000 = cpu_per_1000(runs)
+                yes = sum(r["up_resumed_log"] or 0 for r in runs)
+                no = sum(r["up_full_log"] or 0 for r in runs)
+                share = yes / (yes + no) if yes + no else None
+                sink_share = (sum(r["up_resumed_sink"] for r in runs)
+                              / max(1, sum(r["up_handshakes"] for r in runs)))
+                fl = ratio(c1000, floors.get("full")) if floors else "—"
+                own = ratio(c1000, floors["full"] * (1 - share) + floors["server"] * share) \
+                    if floors and share is not None else "—"
+                w(f"| {label} | {workers} | {sres} | {'465' if tls == 'implicit' else '587'} | "
+                  f"{fmt(c1000)} | {fl} | {own} | {fmt(rate(runs))} | "
+                  f"{'—' if share is None else f'{share * 100:.1f}%'} ({yes} of {yes + no}) | "
+                  f"{sink_share * 100:.1f}% |")
+                if sres == "allowed" and share is not None:
+                    res_share[tls] = (c1000, share)
+        w("")
+
     # Issue 5's targets, checked against this run.
     checks = []
 
@@ -1102,6 +1227,12 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
     for tls, v in rl.items():
         check(f"CPU per 1000 sessions ≤ 1.25× the handshake floor, no resumption "
               f"({tls}: {v:.2f}× the bare primitives)", v <= 1.25)
+    for tls, (c1000, share) in res_share.items():
+        if floors:
+            check(f"CPU per 1000 sessions below the handshake floor with upstream resumption "
+                  f"({tls}: {c1000:.2f} vs {floors['full']:.2f}, "
+                  f"{c1000 / floors['full']:.2f}×; {share * 100:.1f}% of upstream legs "
+                  "resumed)", c1000 < floors["full"])
     for peer in ("stunnel", "postfix"):
         if peer not in peers:
             continue
@@ -1131,6 +1262,11 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
         w("|---|---|")
         out.extend(checks)
         w("")
+        ways = in_the_way(results, floor, floors, rl, cpu_per_1000, cpu_per_gb, res_share)
+        if ways:
+            w("## What stands in the way of the targets not met\n")
+            out.extend(f"- {x}" for x in ways)
+            w("")
 
     w("## Was the front end the bottleneck?\n")
     w("Medians per run: the front end's CPU (and the kernel's share of it: system calls, "
@@ -1140,7 +1276,7 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
       "upstream handshakes per session | ciphers client / upstream |")
     w("|---|---|---|---|---|---|---|---|---|")
     for key in ("sessions-implicit", "sessions-starttls", "bulk-implicit", "bulk-starttls"):
-        for p in peers:
+        for p in peers + list(cfg["variants"]):
             runs = results.get((key, p))
             if not runs:
                 continue
@@ -1169,6 +1305,21 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
             w(f"| {k[5:]} | {p} | {r['opened']} | {r['base_kb']} | {r['loaded_kb']} | "
               f"{r['kb_per_session']:.1f} | {r['upstream_open']} |")
         w("")
+        bufs = (floor or {}).get("SSL-RECORD-BUFFERS")
+        mine = [r[0]["kb_per_session"] for (k, p), r in results.items()
+                if k.startswith("idle-") and p == "relabel" and r[0]["opened"]]
+        if bufs and mine:
+            w(f"The floor for relabel: its two mbedTLS contexts have fixed 16 KiB input and "
+              f"output record buffers in Debian's build, {bufs / 1024:.1f} KiB per session "
+              f"in all ({bufs:.0f} bytes, bench/crypto_floor); relabel holds "
+              + (f"{min(mine):.1f}" if min(mine) == max(mine)
+                 else f"{min(mine):.1f}–{max(mine):.1f}")
+              + f" KiB, {min(mine) / (bufs / 1024):.2f}× that. "
+              "What is left above it is each context's state (cipher contexts, the "
+              "upstream's parsed certificate, the saved session), relabel's session and two "
+              "connections (libuv handles) and the allocator's overhead; relabel's own "
+              "buffers (each leg's plaintext and ciphertext buffers, the write queue, the "
+              "session's batches) are freed once empty while a session is idle.\n")
     if notes:
         w("## Problems in this run\n")
         for n in notes:
@@ -1178,20 +1329,111 @@ def render(results, floor, fes, peers, notes, cmdline, cfg):
     return "\n".join(out) + "\n"
 
 
+def in_the_way(results, floor, floors, rl, cpu_per_1000, cpu_per_gb, res_share):
+    """Why the targets not met are not, from this run's figures."""
+    ways = []
+    if floor and floors and any(v > 1.25 for v in rl.values()):
+        pk = {t: cpu_per_1000(results[(f"sessions-{t}", "relabel")]) / floors["full_pk"]
+              for t in rl}
+        ways.append(
+            "CPU per 1000 sessions without resumption: relabel is "
+            + ", ".join(f"{t} {v:.2f}×" for t, v in rl.items())
+            + " the bare primitives but "
+            + ", ".join(f"{t} {v:.2f}×" for t, v in pk.items())
+            + f" what mbedTLS's TLS code itself calls: its pk layer signs at "
+            f"{floor['ECDSA-P256-sign-pk']:.0f}/s instead of {floor['ECDSA-P256-sign']:.0f}/s "
+            f"and verifies at {floor['ECDSA-P256-verify-pk']:.0f}/s instead of "
+            f"{floor['ECDSA-P256-verify']:.0f}/s, so the two handshakes alone cost "
+            f"{floors['full_pk'] / floors['full']:.2f}× the bare floor before relabel does "
+            "anything. Debian's 2.28 build offers no way around it for a caller of "
+            "mbedtls_ssl_handshake (no MBEDTLS_SSL_ASYNC_PRIVATE to sign outside the pk "
+            "layer); the rest, above the pk-layer floor, is the handshake's other work "
+            "(certificate parsing and chain verification, key derivation, the allocator: see "
+            "the profile). Upstream resumption removes the client-side ECDHE and both "
+            "verifies, which is how the target is met with it.")
+    for peer in ("stunnel", "postfix"):
+        for t in ("implicit", "starttls"):
+            mine = results.get((f"sessions-{t}", "relabel"))
+            theirs = results.get((f"sessions-{t}", peer))
+            if not (mine and theirs and floors) or cpu_per_1000(mine) < cpu_per_1000(theirs):
+                continue
+            x = cpu_per_1000(theirs)
+            res = res_share.get(t)
+            ways.append(
+                f"CPU per 1000 sessions ({t}) below {peer}: {peer}'s {x:.2f} CPU-s is "
+                f"{x / floors['full']:.2f}× mbedTLS's own handshake floor "
+                f"({floors['full']:.2f}), so its OpenSSL does the same handshakes in less "
+                "than mbedTLS 2.28's bare primitives need: no caller of this library can "
+                "match it with full handshakes"
+                + (f"; with upstream resumption relabel spends {res[0]:.2f} "
+                   f"({'below' if res[0] < x else 'still above'} {peer})" if res else "")
+                + ".")
+        for t in ("implicit", "starttls"):
+            mine = results.get((f"bulk-{t}", "relabel"))
+            theirs = results.get((f"bulk-{t}", peer))
+            if not (mine and theirs) or cpu_per_gb(mine) < cpu_per_gb(theirs):
+                continue
+            c1 = floor_cipher(mine[0]["client_cipher"]) if floor else None
+            c2 = floor_cipher(mine[0]["up_cipher"]) if floor else None
+            per_gb = 1e9 / 1048576 * (1 / floor[c1] + 1 / floor[c2]) if c1 and c2 else None
+            x, m = cpu_per_gb(theirs), cpu_per_gb(mine)
+            if m <= 1.05 * x:
+                why = (f"; relabel's {m:.2f} is {m / x:.2f}× that, within this machine's "
+                       "run-to-run noise (CPU is counted in 10 ms ticks)")
+            elif per_gb:
+                why = (f", {x / per_gb:.2f}× mbedTLS's floor for the same bytes ({per_gb:.2f}): "
+                       "OpenSSL's AES-GCM with AES-NI; relabel is at "
+                       f"{m / per_gb:.2f}× that floor, so most of the gap is the library")
+            else:
+                why = ""
+            ways.append(f"CPU per GB ({t}) below {peer}: {peer} spends {x:.2f} CPU-s per GB"
+                        + why + ".")
+    lat, direct = results.get(("latency", "relabel")), results.get(("latency", "direct"))
+    if lat and direct:
+        p99 = med([r[1] - d[1] for r, d in zip(lat, direct)])
+        p50 = med([r[0] - d[0] for r, d in zip(lat, direct)])
+        if p99 >= 1000:
+            ways.append(
+                f"Added p99 latency: {p99:.0f} µs in this run, with {p50:.0f} µs added at p50 "
+                "and the per-repeat p99s "
+                + ", ".join(f"{r[1]:.0f}" for r in lat)
+                + " µs (direct to the sink: " + ", ".join(f"{d[1]:.0f}" for d in direct)
+                + " µs): one NOOP at a time, so the tail is the shared machine's scheduler "
+                "as much as relabel (see Comparability); compare runs, not one figure.")
+    big = [r[0] for (k, p), r in results.items() if p == "relabel" and k.startswith("idle-")]
+    if big and max(r["opened"] for r in big) < 10000:
+        r = max(big, key=lambda r: r["opened"])
+        ways.append(
+            f"10 000 idle sessions: this run asked for {r.get('asked', r['opened'])} and "
+            f"relabel held {r['opened']}"
+            + (" (the descriptor limit: two per session in one process, and raising the hard "
+               "limit needs CAP_SYS_RESOURCE)" if r.get("capped") else "")
+            + f"; at {r['kb_per_session']:.0f} KiB each, 10 000 need about "
+            f"{r['kb_per_session'] * 10000 / 1024:.0f} MiB.")
+    return ways
+
+
 COMPARABILITY = """## Comparability
 
 - **Same work on the wire.** Every front end terminates the client's TLS with the
   same ECDSA P-256 certificate for smtp.example.com and opens a verified TLS
   connection (test CA, name smtp.mailgun.org) to the same sink. Client and sink
   cap TLS at 1.2 (all that relabel's mbedTLS 2.28 speaks) and never resume a
-  session, so every leg is a full handshake for every peer. The ciphers are each
+  session, so every leg is a full handshake for every peer (the one exception,
+  labelled, is relabel's "upstream resumption" variant: a second sink that
+  issues tickets and caches sessions, as a provider does). The ciphers are each
   front end's own choice and are listed above: HAProxy, stunnel and Postfix use
   OpenSSL with AES-NI, whose AES-GCM is an order of magnitude faster than
   mbedTLS's, so most of their lead per GB is the library (compare relabel with
   the floor line, which is mbedTLS's own speed).
 - **relabel** relays SMTP: it parses each command and reply, rewrites the
   greeting and EHLO, scans DATA for the end of data and bare line ends. It logs
-  one line per session and per message (info). One thread.
+  one line per session and per message (info). `workers = auto`: one event
+  loop per CPU (2 here), each with its own SO_REUSEPORT listeners; the
+  variants table also shows it with one loop, and with upstream resumption
+  (it keeps the last full, verified session per upstream and offers it on the
+  next connection; the client-facing leg stays a full handshake, since the
+  client never resumes).
 - **HAProxy** (TCP mode, two threads by default) copies bytes: no SMTP, no
   STARTTLS, so it has no 587 figures. Its backend session cache would resume TLS
   sessions to the upstream, but the sink refuses resumption.

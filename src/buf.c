@@ -51,7 +51,15 @@ rl_buf_reserve(struct rl_buf *b, size_t want, size_t *avail)
             nsize *= 2;
         if (nsize > b->max)
             nsize = b->max;
-        p = realloc(b->base, nsize);
+        if (len == 0) {
+            /* Nothing to keep: realloc() would copy the stale bytes. */
+            free(b->base);
+            b->base = NULL;
+            b->size = 0;
+            p = malloc(nsize);
+        } else {
+            p = realloc(b->base, nsize);
+        }
         if (p == NULL) {
             *avail = 0;
             return NULL;
@@ -105,6 +113,13 @@ rl_buf_swap(struct rl_buf *a, struct rl_buf *b)
     *b = tmp;
     a->max = amax;
     b->max = bmax;
+}
+
+void
+rl_buf_trim(struct rl_buf *b)
+{
+    if (rl_buf_len(b) == 0 && b->base != NULL)
+        rl_buf_free(b);
 }
 
 void

@@ -13,7 +13,11 @@
  *    owner paused: a slow consumer never makes memory grow;
  *  - every event emission is followed by a check of `closing`: the owner may
  *    have closed the conn from inside its callback;
- *  - memory is freed only after the last handle's close callback (libuv).
+ *  - memory is freed only after the last handle's close callback (libuv);
+ *  - an idle leg holds no buffer storage: `in` is given back once the owner
+ *    has consumed it, TLS's cin once mbedTLS has drained it or a read found
+ *    nothing, and the write buffers after a small write that left nothing
+ *    queued (CONN_QUIET_WRITE).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +31,12 @@
 #define CONN_LINGER_MS 5000
 /* Storage kept by an emptied write buffer; larger bursts are freed. */
 #define CONN_BUF_KEEP (64 * 1024)
+/* A completed write this small (a reply, a command, a handshake flight)
+ * with nothing queued behind it means the leg has gone quiet: its write
+ * buffers are given back.  While a message streams, writes are whole
+ * records (16 KiB and more) and the two buffers keep being swapped, so
+ * they are neither freed nor regrown (regrowing copies). */
+#define CONN_QUIET_WRITE 4096
 
 struct rl_conn {
     uv_tcp_t tcp;
@@ -348,8 +358,10 @@ conn_on_write(uv_write_t *req, int status)
 {
     struct rl_conn *c = req->data;
 
+    size_t done = rl_buf_len(&c->inflight);
+
     c->writing = false;
-    c->bytes_out += rl_buf_len(&c->inflight);
+    c->bytes_out += done;
     rl_buf_reset(&c->inflight, CONN_BUF_KEEP);
     if (status < 0) {
         if (c->closing)
@@ -359,6 +371,12 @@ conn_on_write(uv_write_t *req, int status)
         return;
     }
     conn_flush(c);
+    if (!c->writing && done <= CONN_QUIET_WRITE) {
+        rl_buf_trim(&c->inflight);
+        rl_buf_trim(&c->out);
+        if (c->tls != NULL)
+            rl_buf_trim(rl_tls_out(c->tls));
+    }
     if (c->closing)
         return;
     if (c->above_hiwat && conn_queued(c) < RL_CONN_OUT_LOWAT) {
@@ -420,6 +438,14 @@ conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct rl_conn *c = s->data;
 
+    if (nread <= 0 && nread != UV_ENOBUFS) {
+        /* The buffer conn_on_alloc() handed out got no bytes (EAGAIN, EOF,
+         * an error): an empty one is given back. */
+        if (c->tls != NULL)
+            rl_tls_in_commit(c->tls, 0);
+        else
+            rl_buf_trim(&c->in);
+    }
     if (nread == 0 || c->closing)
         return;
     if (nread == UV_ENOBUFS) {
@@ -457,10 +483,8 @@ conn_update_reading(struct rl_conn *c)
     bool want = c->connected && !c->closing && !c->paused && !c->peer_eof;
 
     if (want) {
-        size_t avail = 0;
-
         if (c->tls != NULL)
-            want = rl_tls_in_reserve(c->tls, &avail) != NULL;
+            want = rl_tls_in_room(c->tls);
         else
             want = rl_buf_room(&c->in) > 0;
     }
@@ -551,6 +575,7 @@ conn_pump(struct rl_conn *c)
         if (c->closing)
             return;
     }
+    rl_buf_trim(&c->in); /* consumed: an idle leg holds no plaintext buffer */
     conn_update_reading(c);
 }
 
@@ -577,6 +602,7 @@ rl_conn_resume(struct rl_conn *c)
 void
 rl_conn_consumed(struct rl_conn *c)
 {
+    rl_buf_trim(&c->in);
     if (c->paused || c->closing)
         return;
     conn_update_reading(c);

@@ -318,7 +318,7 @@ batch_flush(struct batch *bt)
         if (rc < 0 && bt->err == 0)
             bt->err = rc;
     }
-    rl_buf_reset(&bt->b, BATCH_MAX);
+    rl_buf_reset(&bt->b, 0); /* written: an idle session keeps no batch storage */
 }
 
 /* Queues bytes for a leg: small pieces are gathered, large ones written

@@ -951,6 +951,9 @@ tls_bio_recv(void *ctx, unsigned char *p, size_t len)
         n = INT_MAX;
     memcpy(p, rl_buf_data(&t->cin), n);
     rl_buf_consume(&t->cin, n);
+    /* Drained: an idle engine holds no ciphertext buffer (mbedTLS keeps a
+     * partial record in its own). */
+    rl_buf_trim(&t->cin);
     return (int)n;
 }
 
@@ -1119,6 +1122,14 @@ void
 rl_tls_in_commit(struct rl_tls *t, size_t n)
 {
     rl_buf_commit(&t->cin, n);
+    if (n == 0)
+        rl_buf_trim(&t->cin); /* the read found nothing: EAGAIN */
+}
+
+bool
+rl_tls_in_room(const struct rl_tls *t)
+{
+    return rl_buf_room(&t->cin) > 0;
 }
 
 void

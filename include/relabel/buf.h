@@ -1,8 +1,9 @@
 /*
  * buf.h - a byte buffer with a read and a write position and a hard cap.
  *
- * Storage is allocated on first use and grows (doubling) up to `max`, so an
- * idle session holds little memory.  Data lives in base[rpos..wpos).  The
+ * Storage is allocated on first use and grows (doubling) up to `max`;
+ * rl_buf_trim() gives it back once the buffer is empty, so an idle session
+ * holds none.  Data lives in base[rpos..wpos).  The
  * buffer never logs and never grows past its cap: callers decide what a full
  * buffer means (pause reading, refuse, close).
  */
@@ -55,6 +56,10 @@ int rl_buf_append(struct rl_buf *b, const void *p, size_t n);
 
 /* Exchanges the contents (not the caps) of two buffers. */
 void rl_buf_swap(struct rl_buf *a, struct rl_buf *b);
+
+/* Gives the storage back if the buffer is empty (an idle connection then
+ * holds no buffer memory); the next reserve or append allocates afresh. */
+void rl_buf_trim(struct rl_buf *b);
 
 /* Empties the buffer; frees the storage if it grew beyond `keep` bytes. */
 void rl_buf_reset(struct rl_buf *b, size_t keep);

@@ -113,9 +113,12 @@ struct rl_tls *rl_tls_new(const struct rl_tls_conf *conf, const char *hostname);
 void rl_tls_free(struct rl_tls *t);
 
 /* Ciphertext input, h2o style: reserve space in cin, let the socket read
- * into it, commit what arrived.  Reserve returns NULL when cin is full. */
+ * into it, commit what arrived (0 when the read brought nothing: an empty
+ * cin then gives its storage back).  Reserve returns NULL when cin is
+ * full; rl_tls_in_room() says whether it would, without allocating. */
 char *rl_tls_in_reserve(struct rl_tls *t, size_t *len);
 void rl_tls_in_commit(struct rl_tls *t, size_t n);
+bool rl_tls_in_room(const struct rl_tls *t);
 /* The peer's TCP stream ended: once cin is drained, reads report EOF. */
 void rl_tls_in_eof(struct rl_tls *t);
 
