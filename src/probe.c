@@ -278,8 +278,8 @@ probe_data(struct probe_run *run)
 
     while (!run->done && rl_buf_len(in) > 0) {
         struct rl_smtp_reply r;
-        const char *p = rl_buf_data(in);
-        int rc = rl_smtp_reply_parse(p, rl_buf_len(in), RL_SMTP_REPLY_MAX, &r);
+        const char *p;
+        int rc = rl_smtp_reply_take(in, &r, &p);
 
         if (rc == RL_SMTP_MORE)
             break;
@@ -287,9 +287,6 @@ probe_data(struct probe_run *run)
             probe_finish(run, false, "malformed reply");
             return;
         }
-        /* Consumed first: STARTTLS needs `in` empty, and p stays valid
-         * until the next read. */
-        rl_buf_consume(in, r.len);
         if (!probe_reply(run, &r, p))
             break;
     }

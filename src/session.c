@@ -1311,8 +1311,8 @@ session_up_data(struct rl_session *s)
      * when a 535 replaces the leg: the bytes left belong to the old one. */
     while (!s->closing && s->up == c && rl_buf_len(in) > 0) {
         struct rl_smtp_reply r;
-        const char *p = rl_buf_data(in);
-        int rc = rl_smtp_reply_parse(p, rl_buf_len(in), RL_SMTP_REPLY_MAX, &r);
+        const char *p;
+        int rc = rl_smtp_reply_take(in, &r, &p);
 
         if (rc == RL_SMTP_MORE)
             break;
@@ -1320,9 +1320,6 @@ session_up_data(struct rl_session *s)
             session_up_fail(s, REPLY_UP_LOST, "malformed reply");
             break;
         }
-        /* Consumed before it is handled: the bytes stay valid until the
-         * next read, and STARTTLS needs an empty buffer to begin TLS. */
-        rl_buf_consume(in, r.len);
         if (s->up_state == UP_READY) {
             session_up_reply(s, &r, p);
             continue;

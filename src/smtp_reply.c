@@ -7,7 +7,9 @@
  */
 #include <string.h>
 
+#include "relabel/buf.h"
 #include "relabel/errors.h"
+#include "relabel/limits.h"
 #include "relabel/smtp.h"
 
 static bool
@@ -229,4 +231,16 @@ rl_smtp_hide(const char *text, size_t len, const char *const *names, size_t nnam
         i = j;
     }
     return o;
+}
+
+int
+rl_smtp_reply_take(struct rl_buf *in, struct rl_smtp_reply *r, const char **p)
+{
+    int rc;
+
+    *p = rl_buf_data(in);
+    rc = rl_smtp_reply_parse(*p, rl_buf_len(in), RL_SMTP_REPLY_MAX, r);
+    if (rc == RL_SMTP_OK)
+        rl_buf_consume(in, r->len);
+    return rc;
 }

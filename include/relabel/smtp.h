@@ -100,6 +100,16 @@ struct rl_smtp_reply {
 int rl_smtp_reply_parse(const char *p, size_t len, size_t max, struct rl_smtp_reply *r);
 
 /*
+ * Takes the next complete reply (at most RL_SMTP_REPLY_MAX bytes) off the
+ * front of in: RL_SMTP_OK with r filled and *p pointing at its bytes, which
+ * are already consumed from in (so a STARTTLS can see in empty) and stay
+ * valid until in is written to again; RL_SMTP_MORE if it is incomplete;
+ * negative (see rl_smtp_reply_parse) if it is malformed.
+ */
+struct rl_buf;
+int rl_smtp_reply_take(struct rl_buf *in, struct rl_smtp_reply *r, const char **p);
+
+/*
  * Iterates the lines of a reply that rl_smtp_reply_parse() accepted
  * (reply/len = its bytes).  Start with *off = 0; each call sets *text and
  * *text_len to the line's text (after "DDD-" / "DDD ", without terminator)
