@@ -222,6 +222,18 @@ def deliver(c, body, tag=""):
     return r
 
 
+def deliver_new_session(rl, ctx, tag):
+    """A new implicit-TLS session delivers one message and quits; returns its body."""
+    body = body_for(tag)
+    c = h.open_session(rl, "implicit", ctx)
+    try:
+        deliver(c, body, tag)
+        assert c.cmd("QUIT").code == 221
+    finally:
+        c.close()
+    return body
+
+
 def body_for(tag, size=0):
     head = f"Subject: {tag}\r\nMessage-ID: <{tag}@e2e.test>\r\n\r\n".encode()
     if size:
@@ -279,13 +291,7 @@ def test_reload_new_certificate(certs, pairs, upstream_factory, relabel_factory,
         idle.close()
         mid.close()
     # and a new session delivers too
-    c = h.open_session(rl, "implicit", client_ctx)
-    try:
-        new_body = body_for("after-reload")
-        deliver(c, new_body)
-        assert c.cmd("QUIT").code == 221
-    finally:
-        c.close()
+    new_body = deliver_new_session(rl, client_ctx, "after-reload")
     up.recorder.wait_messages(3)
     assert messages_by_data(up) == sorted([mid_body, idle_body, new_body])
     assert rl.proc.poll() is None
@@ -810,13 +816,7 @@ def test_watch_bad_file_changes_nothing(certs, pairs, upstream_factory, relabel_
     os.rename(key + ".new", key)
     reload(rl, "failed", send=False, timeout=6)
     assert served_fp(rl.ports["smtps"], client_ctx) == v1
-    c = h.open_session(rl, "implicit", client_ctx)
-    try:
-        body = body_for("after-bad-watch")
-        deliver(c, body)
-        assert c.cmd("QUIT").code == 221
-    finally:
-        c.close()
+    body = deliver_new_session(rl, client_ctx, "after-bad-watch")
     # the matching certificate arrives: now it reloads
     shutil.copyfile(pairs["v3"][1], key + ".new")
     shutil.copyfile(pairs["v3"][0], crt + ".new")
@@ -866,13 +866,7 @@ def test_watch_symlink_swap(certs, pairs, upstream_factory, relabel_factory, cli
     _wait_served(rl, client_ctx, cert_fp(pairs["v2"][0]), what="the swapped-in certificate",
                  mark=mark)
     assert "reload ok" in rl.log[mark:], rl.log[mark:]
-    c = h.open_session(rl, "implicit", client_ctx)
-    try:
-        body = body_for(f"after-{layout}")
-        deliver(c, body)
-        assert c.cmd("QUIT").code == 221
-    finally:
-        c.close()
+    body = deliver_new_session(rl, client_ctx, f"after-{layout}")
     assert [m.data for m in up.recorder.wait_messages(1)] == [body]
 
 
